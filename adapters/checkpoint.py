@@ -1,0 +1,50 @@
+"""Read weight files without ever running pickled code.
+
+``.safetensors`` is read directly; ``.bin``/``.pt``/``.pth``/``.ckpt`` only through
+``torch.load(weights_only=True)``, which accepts tensors and plain containers and refuses
+anything that would import or call arbitrary Python.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+class UnsafeCheckpointError(ValueError):
+    """The file holds pickled objects beyond tensors; loading it could run arbitrary code."""
+
+
+def load_state_dict(path: str | Path, device: str = "cpu") -> dict:
+    """Load a checkpoint's (possibly nested) dict of tensors, refusing pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device=device)
+    if suffix not in TORCH_SUFFIXES:
+        raise ValueError(
+            f"checkpoint {path}: unknown format {suffix!r}; expected "
+            f"{', '.join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)}"
+        )
+    try:
+        data = torch.load(str(path), map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"checkpoint {path} contains pickled Python objects, not just tensors; it was not "
+            "loaded because unpickling can run arbitrary code. Use a .safetensors file, or "
+            "convert this one in a trusted sandbox."
+        ) from exc
+    if not isinstance(data, dict):
+        raise UnsafeCheckpointError(
+            f"checkpoint {path} holds a {type(data).__name__}, not a state dict"
+        )
+    return data

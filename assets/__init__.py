@@ -1,0 +1,1 @@
+"""Data shipped with Portrait Studio, installed as the package ``studio.assets``."""

@@ -1,0 +1,1 @@
+"""Face perception: detection, alignment, landmarks, identity encoders, photo quality."""

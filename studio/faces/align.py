@@ -1,0 +1,377 @@
+"""Face alignment: five-point similarity warps, FFHQ quads, and pasting crops back.
+
+Pure numpy and OpenCV on RGB ``uint8`` images of shape ``(H, W, 3)``. Keypoints are ``(5, 2)``
+arrays in the order of :mod:`studio.faces.types`. Every warp returns an
+:class:`~studio.faces.types.AlignedFace` whose ``matrix`` maps image pixels to crop pixels and
+whose ``inverse`` maps back, so later stages can paste an edited crop into the photo.
+
+Two conventions are reproduced from published code:
+
+* ArcFace crops follow insightface's ``estimate_norm``/``norm_crop``: the 112-px template below,
+  scaled to other sizes by ``size / 112`` (sizes divisible by 112) or by ``size / 128`` with an
+  ``8 * ratio`` px shift to the right (sizes divisible by 128), and a least-squares similarity.
+* FFHQ crops follow ``recreate_aligned_images`` of NVlabs/ffhq-dataset (what StyleGAN and e4e
+  expect), computed from the eye centres and mouth corners of the five keypoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from studio.faces.types import NUM_KEYPOINTS, AlignedFace
+
+logger = logging.getLogger(__name__)
+
+ARCFACE_TEMPLATE_112 = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
+"""insightface's ``arcface_dst``: the five keypoints of a 112 x 112 ArcFace crop, in pixels."""
+
+ARCFACE_BASE_SIZES = (112, 128)
+"""Crop sizes the ArcFace template is defined for; other sizes must be multiples of one."""
+
+HEAD_CROP_FACE_FRACTION = 0.5
+"""``face_fraction`` for training crops: the face at half its ArcFace size, centred, so the crop
+keeps the hair, ears and the top of the shoulders (eyes about 14 % of the width apart)."""
+
+FFHQ_EYE_SPAN = 2.0
+"""FFHQ crop half-width, in eye-to-eye distances (the published rule)."""
+
+FFHQ_MOUTH_SPAN = 1.8
+"""FFHQ crop half-width, in eye-to-mouth distances; the larger of the two spans wins."""
+
+FFHQ_CENTRE_SHIFT = 0.1
+"""FFHQ crop centre: from the eyes' midpoint this fraction of the way towards the mouth."""
+
+MAX_SUPERSAMPLING = 4
+"""Most output-pixel subdivisions of an anti-aliased warp (FFHQ renders 4096 px for 1024)."""
+
+DEFAULT_FEATHER = 0.1
+"""Soft edge of :func:`paste_back`'s mask, as a fraction of the crop's shorter side."""
+
+Border = Literal["constant", "reflect", "replicate"]
+_BORDER_MODES = {
+    "constant": cv2.BORDER_CONSTANT,
+    "reflect": cv2.BORDER_REFLECT_101,
+    "replicate": cv2.BORDER_REPLICATE,
+}
+
+
+def arcface_template(size: int = 112) -> np.ndarray:
+    """Return the ``(5, 2)`` ArcFace template for a square crop of ``size`` pixels.
+
+    Multiples of 112 scale the 112-px template; other multiples of 128 scale it by
+    ``size / 128`` and shift it ``8 * size / 128`` px right, exactly as insightface does.
+    """
+    if size > 0 and size % 112 == 0:
+        return ARCFACE_TEMPLATE_112 * (size / 112)
+    if size > 0 and size % 128 == 0:
+        ratio = size / 128
+        return ARCFACE_TEMPLATE_112 * ratio + np.array([8.0 * ratio, 0.0])
+    raise ValueError(
+        f"ArcFace crops need a size that is a multiple of 112 or 128, got {size}; "
+        "pass `template=` with your own destination points for other sizes"
+    )
+
+
+def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) taking ``src`` to ``dst``.
+
+    Umeyama's closed form (1991), the same estimate as scikit-image's ``SimilarityTransform``.
+    Returns the 2 x 3 ``float64`` matrix ``M`` with ``dst ≈ M @ [x, y, 1]``.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
+        raise ValueError(
+            f"expected two (N, 2) point arrays of equal shape with N >= 2, "
+            f"got {src.shape} and {dst.shape}"
+        )
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    src_centred, dst_centred = src - src_mean, dst - dst_mean
+    src_variance = (src_centred**2).sum() / len(src)
+    if src_variance <= np.finfo(np.float64).eps:
+        raise ValueError("source points coincide; a similarity transform is undefined")
+
+    covariance = dst_centred.T @ src_centred / len(src)
+    u, singular, vt = np.linalg.svd(covariance)
+    reflection = np.array([1.0, -1.0 if np.linalg.det(covariance) < 0 else 1.0])
+    rotation = u @ np.diag(reflection) @ vt
+    scale = float(singular @ reflection) / src_variance
+
+    matrix = np.empty((2, 3))
+    matrix[:, :2] = scale * rotation
+    matrix[:, 2] = dst_mean - matrix[:, :2] @ src_mean
+    return matrix
+
+
+def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Apply a 2 x 3 affine ``matrix`` to ``(N, 2)`` points."""
+    points = np.asarray(points, dtype=np.float64)
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def align_face(
+    image: np.ndarray,
+    kps: np.ndarray,
+    size: int = 112,
+    *,
+    template: np.ndarray | None = None,
+    face_fraction: float = 1.0,
+    border: Border = "constant",
+    antialias: bool = False,
+) -> AlignedFace:
+    """Warp the face with keypoints ``kps`` onto a five-point template in a ``size``-px square.
+
+    Args:
+        image: RGB ``uint8`` photo, ``(H, W, 3)``.
+        kps: ``(5, 2)`` keypoints in image pixels.
+        size: side of the square crop.
+        template: ``(5, 2)`` destination points in crop pixels; defaults to
+            :func:`arcface_template` for ``size``.
+        face_fraction: shrinks the template towards the crop centre by this factor. ``1.0`` is
+            the ArcFace crop that recognition models expect; :data:`HEAD_CROP_FACE_FRACTION`
+            gives a head-and-shoulders training crop.
+        border: how pixels outside the photo are filled: black, mirrored or edge-repeated.
+        antialias: pre-shrink and supersample when the warp downsamples. ``False`` samples
+            exactly as insightface's ``norm_crop``, which recognition models were trained on.
+    """
+    _check_image(image)
+    kps = _check_kps(kps)
+    dst = arcface_template(size) if template is None else np.asarray(template, dtype=np.float64)
+    if dst.shape != (NUM_KEYPOINTS, 2):
+        raise ValueError(f"template must have shape ({NUM_KEYPOINTS}, 2), got {dst.shape}")
+    if face_fraction <= 0:
+        raise ValueError(f"face_fraction must be positive, got {face_fraction}")
+    centre = np.array([size / 2.0, size / 2.0])
+    dst = centre + (dst - centre) * face_fraction
+
+    matrix = estimate_similarity(kps, dst)
+    return _aligned(image, matrix, size, border, antialias)
+
+
+def ffhq_quad(kps: np.ndarray) -> np.ndarray:
+    """The FFHQ crop square as four image points: top-left, bottom-left, bottom-right, top-right.
+
+    The published ``recreate_aligned_images`` rule, fed with our eye centres and mouth corners.
+    """
+    kps = _check_kps(kps)
+    eye_avg = (kps[0] + kps[1]) / 2
+    eye_to_eye = kps[1] - kps[0]
+    mouth_avg = (kps[3] + kps[4]) / 2
+    eye_to_mouth = mouth_avg - eye_avg
+
+    x = eye_to_eye - np.flipud(eye_to_mouth) * [-1, 1]
+    x /= np.hypot(*x)
+    x *= max(np.hypot(*eye_to_eye) * FFHQ_EYE_SPAN, np.hypot(*eye_to_mouth) * FFHQ_MOUTH_SPAN)
+    y = np.flipud(x) * [-1, 1]
+    c = eye_avg + eye_to_mouth * FFHQ_CENTRE_SHIFT
+    return np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
+
+
+def align_ffhq(
+    image: np.ndarray,
+    kps: np.ndarray,
+    size: int = 1024,
+    *,
+    border: Border = "reflect",
+    antialias: bool = True,
+) -> AlignedFace:
+    """Crop the FFHQ square of :func:`ffhq_quad` to ``size`` px, as StyleGAN and e4e expect.
+
+    The quad's outer corners land on the crop's outer pixel edges. Pixels beyond the photo
+    are mirrored (FFHQ pads by reflection). With ``antialias`` large photos are shrunk by the
+    published integer factor, then supersampled, instead of FFHQ's PIL chain.
+    """
+    _check_image(image)
+    quad = ffhq_quad(kps)
+    edges = np.array([[-0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]])
+    matrix = estimate_similarity(quad[:3], edges)
+    return _aligned(image, matrix, size, border, antialias)
+
+
+def paste_back(
+    canvas: np.ndarray,
+    crop: np.ndarray,
+    aligned: AlignedFace,
+    mask: np.ndarray | None = None,
+    *,
+    feather: float = DEFAULT_FEATHER,
+) -> np.ndarray:
+    """Blend ``crop`` into a copy of ``canvas`` where ``aligned`` came from.
+
+    Args:
+        canvas: the RGB ``uint8`` photo that ``aligned`` was cut from.
+        crop: the (edited) crop; it may be larger or smaller than ``aligned.image``, e.g. the
+            output of a face restorer, and is scaled to fit.
+        aligned: the alignment that produced the crop.
+        mask: ``(h, w)`` weights in crop pixels, floats in ``[0, 1]`` or ``uint8`` 0-255;
+            the whole crop when omitted.
+        feather: width of the soft edge as a fraction of the crop's shorter side; the mask is
+            eroded by half of it and blurred over it, so the crop's border never shows.
+
+    Returns:
+        A new image; pixels where the warped mask is zero equal ``canvas`` exactly.
+    """
+    _check_image(canvas)
+    _check_image(crop)
+    crop_h, crop_w = crop.shape[:2]
+    weights = _paste_mask(mask, (crop_h, crop_w), feather)
+
+    aligned_h, aligned_w = aligned.image.shape[:2]
+    crop_to_aligned = _resize_matrix((crop_w, crop_h), (aligned_w, aligned_h))
+    crop_to_canvas = _compose(aligned.inverse, crop_to_aligned)
+
+    spread = transform_points(_corners(crop_w, crop_h), crop_to_canvas)
+    height, width = canvas.shape[:2]
+    x0, y0 = np.maximum(np.floor(spread.min(axis=0)).astype(int) - 1, 0)
+    x1 = min(int(np.ceil(spread[:, 0].max())) + 2, width)
+    y1 = min(int(np.ceil(spread[:, 1].max())) + 2, height)
+    result = canvas.copy()
+    if x1 <= x0 or y1 <= y0:
+        logger.debug("paste_back: the crop falls outside the canvas; nothing to paste")
+        return result
+
+    to_region = _compose(_translation(-x0, -y0), crop_to_canvas)
+    region_size = (x1 - x0, y1 - y0)
+    face = cv2.warpAffine(
+        crop, to_region, region_size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    alpha = cv2.warpAffine(weights, to_region, region_size, flags=cv2.INTER_LINEAR)[..., None]
+    region = result[y0:y1, x0:x1].astype(np.float32)
+    blended = region + alpha * (face.astype(np.float32) - region)
+    result[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return result
+
+
+def _aligned(
+    image: np.ndarray, matrix: np.ndarray, size: int, border: Border, antialias: bool
+) -> AlignedFace:
+    if size <= 0:
+        raise ValueError(f"crop size must be positive, got {size}")
+    if border not in _BORDER_MODES:
+        raise ValueError(f"border must be one of {sorted(_BORDER_MODES)}, got {border!r}")
+    if antialias:
+        crop = _warp_antialiased(image, matrix, size, _BORDER_MODES[border])
+    else:
+        crop = cv2.warpAffine(
+            image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=_BORDER_MODES[border]
+        )
+    return AlignedFace(image=crop, matrix=matrix, inverse=cv2.invertAffineTransform(matrix))
+
+
+def _warp_antialiased(
+    image: np.ndarray, matrix: np.ndarray, size: int, border_mode: int
+) -> np.ndarray:
+    """Warp like ``cv2.warpAffine`` but average, rather than skip, pixels when downsampling.
+
+    FFHQ's recipe: shrink the photo by ``floor(0.5 / scale)`` with area averaging when that is
+    at least 2, then render at up to :data:`MAX_SUPERSAMPLING` x the size and area-average down.
+    """
+    scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
+    if scale >= 1.0:
+        return cv2.warpAffine(
+            image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=border_mode
+        )
+    to_output = matrix
+    shrink = math.floor(0.5 / scale)
+    if shrink > 1:
+        # Only the part of the photo the crop sees (plus a margin) is worth shrinking; where
+        # the crop leaves the photo the cut-out keeps the photo's own edge for the border.
+        inverse = cv2.invertAffineTransform(matrix)
+        seen = transform_points(_corners(size, size), inverse)
+        margin = 2 * shrink + 2
+        height, width = image.shape[:2]
+        x0, y0 = np.clip(np.floor(seen.min(axis=0)).astype(int) - margin, 0, [width, height])
+        x1, y1 = np.clip(np.ceil(seen.max(axis=0)).astype(int) + margin, 0, [width, height])
+        if x1 - x0 >= shrink and y1 - y0 >= shrink:
+            small_size = ((x1 - x0) // shrink, (y1 - y0) // shrink)
+            image = cv2.resize(image[y0:y1, x0:x1], small_size, interpolation=cv2.INTER_AREA)
+            small_to_image = _compose(
+                _translation(x0, y0), _resize_matrix(small_size, (x1 - x0, y1 - y0))
+            )
+            to_output = _compose(matrix, small_to_image)
+    residual = 1.0 / math.sqrt(abs(np.linalg.det(to_output[:, :2])))
+    factor = min(max(math.ceil(residual - 1e-6), 1), MAX_SUPERSAMPLING)
+    big = size * factor
+    to_big = _compose(_resize_matrix((size, size), (big, big)), to_output)
+    rendered = cv2.warpAffine(
+        image, to_big, (big, big), flags=cv2.INTER_LINEAR, borderMode=border_mode
+    )
+    if factor == 1:
+        return rendered
+    return cv2.resize(rendered, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def _paste_mask(mask: np.ndarray | None, shape: tuple[int, int], feather: float) -> np.ndarray:
+    if mask is None:
+        weights = np.ones(shape, dtype=np.float32)
+    else:
+        mask = np.asarray(mask)
+        if mask.shape != shape:
+            raise ValueError(f"mask must have the crop's shape {shape}, got {mask.shape}")
+        scale = 1.0 / 255.0 if mask.dtype == np.uint8 else 1.0
+        weights = np.clip(mask.astype(np.float32) * scale, 0.0, 1.0)
+    if feather < 0:
+        raise ValueError(f"feather must be >= 0, got {feather}")
+    radius = round(feather * min(shape) / 2)
+    if radius < 1:
+        return weights
+    kernel = np.ones((2 * radius + 1, 2 * radius + 1), dtype=np.uint8)
+    weights = cv2.erode(weights, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    # A kernel narrower than the eroded band keeps the crop's own edge at exactly zero.
+    blur = 2 * radius - 1
+    return cv2.GaussianBlur(weights, (blur, blur), 0)
+
+
+def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The 2 x 3 affine that applies ``inner`` first, then ``outer``."""
+    linear = outer[:, :2] @ inner[:, :2]
+    shift = outer[:, :2] @ inner[:, 2] + outer[:, 2]
+    return np.column_stack([linear, shift])
+
+
+def _corners(width: int, height: int) -> np.ndarray:
+    """The outer corners of a ``width`` x ``height`` pixel grid, in pixel-centre coordinates."""
+    return np.array([[0, 0], [width, 0], [0, height], [width, height]]) - 0.5
+
+
+def _translation(dx: float, dy: float) -> np.ndarray:
+    return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]])
+
+
+def _resize_matrix(src_size: tuple[int, int], dst_size: tuple[int, int]) -> np.ndarray:
+    """Pixel-centre mapping that ``cv2.resize`` applies from ``src_size`` to ``dst_size`` (w, h)."""
+    sx, sy = dst_size[0] / src_size[0], dst_size[1] / src_size[1]
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+
+
+def _check_image(image: np.ndarray) -> None:
+    if (
+        not isinstance(image, np.ndarray)
+        or image.dtype != np.uint8
+        or image.ndim != 3
+        or image.shape[2] != 3
+        or 0 in image.shape
+    ):
+        got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image)
+        raise ValueError(f"expected a non-empty RGB uint8 image of shape (H, W, 3), got {got}")
+
+
+def _check_kps(kps: np.ndarray) -> np.ndarray:
+    kps = np.asarray(kps, dtype=np.float64)
+    if kps.shape != (NUM_KEYPOINTS, 2) or not np.isfinite(kps).all():
+        raise ValueError(f"expected finite ({NUM_KEYPOINTS}, 2) keypoints, got shape {kps.shape}")
+    return kps

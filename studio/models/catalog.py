@@ -1,0 +1,187 @@
+"""The model catalog: named model sets and their components, read from ``assets/models``.
+
+The catalog is the one place that names weights. A component is either built locally
+(``source: builtin``, the tiny random-weight sets) or a list of files in a hub repository.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from studio.errors import ConfigError
+from studio.shipped import asset_path
+
+FAMILIES = ("sd15", "sdxl")
+KINDS = ("pipeline", "folder", "file")
+FORMATS = ("diffusers", "safetensors", "torch-bin", "onnx")
+SOURCES = ("hub", "builtin")
+REPO_TYPES = ("model", "space", "dataset")
+
+
+@dataclass(frozen=True)
+class Component:
+    """One piece of a model set: where its files come from and how they are stored."""
+
+    name: str
+    source: str
+    kind: str
+    format: str
+    licence: str
+    repo: str | None = None
+    repo_type: str = "model"
+    subfolder: str | None = None
+    files: tuple[str, ...] = ()
+    builder: str | None = None
+    revision: str | None = None
+    optional: bool = False
+    path: Path | None = None
+
+    @property
+    def origin(self) -> str:
+        """A short human description, e.g. ``h94/IP-Adapter-FaceID: ip-adapter-faceid_sd15.bin``."""
+        if self.source == "builtin":
+            return f"built locally ({self.builder})"
+        if self.source == "local":
+            return str(self.path)
+        space = " (space)" if self.repo_type == "space" else ""
+        if len(self.files) > 2:
+            folder = f"/{self.subfolder}" if self.subfolder else ""
+            return f"{self.repo}{space}{folder}: {len(self.files)} files"
+        return f"{self.repo}{space}: {', '.join(self.repo_paths)}"
+
+    @property
+    def repo_paths(self) -> tuple[str, ...]:
+        """File paths inside the repository (subfolder included)."""
+        prefix = f"{self.subfolder}/" if self.subfolder else ""
+        return tuple(prefix + f for f in self.files)
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """A named, coherent set of components for one base-model family."""
+
+    name: str
+    title: str
+    family: str
+    components: Mapping[str, Component]
+    defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def component(self, name: str) -> Component:
+        try:
+            return self.components[name]
+        except KeyError:
+            raise ConfigError(
+                f"model set {self.name!r} has no component {name!r}; "
+                f"it has: {', '.join(self.components)}"
+            ) from None
+
+
+def _parse_component(set_name: str, name: str, raw: Mapping[str, Any]) -> Component:
+    where = f"catalog set {set_name!r}, component {name!r}"
+    try:
+        comp = Component(
+            name=name,
+            source=raw["source"],
+            kind=raw["kind"],
+            format=raw["format"],
+            licence=raw["licence"],
+            repo=raw.get("repo"),
+            repo_type=raw.get("repo_type", "model"),
+            subfolder=raw.get("subfolder"),
+            files=tuple(raw.get("files", ())),
+            builder=raw.get("builder"),
+            revision=raw.get("revision"),
+            optional=bool(raw.get("optional", False)),
+        )
+    except KeyError as exc:
+        raise ConfigError(f"{where}: missing key {exc.args[0]!r}") from None
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    for attr, allowed in (
+        ("source", SOURCES),
+        ("kind", KINDS),
+        ("format", FORMATS),
+        ("repo_type", REPO_TYPES),
+    ):
+        if getattr(comp, attr) not in allowed:
+            raise ConfigError(f"{where}: {attr} must be one of {', '.join(allowed)}")
+    if comp.source == "hub" and not (comp.repo and comp.files):
+        raise ConfigError(f"{where}: a hub component needs 'repo' and 'files'")
+    if comp.source == "builtin" and not comp.builder:
+        raise ConfigError(f"{where}: a builtin component needs 'builder'")
+    if comp.kind == "file" and len(comp.files) != 1:
+        raise ConfigError(f"{where}: a 'file' component lists exactly one file")
+    return comp
+
+
+def parse_catalog(data: Mapping[str, Any]) -> dict[str, ModelSet]:
+    """Validate catalog data (the JSON document) into model sets."""
+    if data.get("schema") != 1:
+        raise ConfigError(
+            f"model catalog schema {data.get('schema')!r} is not supported (expected 1)"
+        )
+    sets: dict[str, ModelSet] = {}
+    for set_name, raw in data.get("sets", {}).items():
+        family = raw.get("family")
+        if family not in FAMILIES:
+            raise ConfigError(
+                f"catalog set {set_name!r}: family must be one of {', '.join(FAMILIES)}"
+            )
+        components = {
+            name: _parse_component(set_name, name, comp)
+            for name, comp in raw.get("components", {}).items()
+        }
+        if "base" not in components:
+            raise ConfigError(f"catalog set {set_name!r} has no 'base' component")
+        sets[set_name] = ModelSet(
+            name=set_name,
+            title=raw.get("title", set_name),
+            family=family,
+            components=MappingProxyType(components),
+            defaults=MappingProxyType(dict(raw.get("defaults", {}))),
+        )
+    return sets
+
+
+def load_catalog(path: Path | None = None) -> dict[str, ModelSet]:
+    """Read and validate the shipped catalog (or the one at ``path``)."""
+    path = path or asset_path("models", "catalog.json")
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"model catalog {path} cannot be read: {exc}") from exc
+    return parse_catalog(data)
+
+
+def local_model_set(path: Path) -> ModelSet:
+    """A model set made of one local diffusers folder (``--models PATH``)."""
+    index = path / "model_index.json"
+    try:
+        class_name = json.loads(index.read_text(encoding="utf-8"))["_class_name"]
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        raise ConfigError(
+            f"--models {path}: not a diffusers pipeline folder (no readable model_index.json); "
+            "pass a model set name or a folder saved with save_pretrained"
+        ) from exc
+    family = "sdxl" if "XL" in class_name else "sd15"
+    base = Component(
+        name="base",
+        source="local",
+        kind="pipeline",
+        format="diffusers",
+        licence="see the model's card",
+        path=path,
+    )
+    size = 1024 if family == "sdxl" else 512
+    return ModelSet(
+        name=str(path),
+        title=f"local {class_name}",
+        family=family,
+        components=MappingProxyType({"base": base}),
+        defaults=MappingProxyType({"width": size, "height": size, "steps": 30, "guidance": 7.0}),
+    )

@@ -1,0 +1,168 @@
+"""The ``tiny`` model sets: standard diffusers folders with tiny random weights, built locally.
+
+They are built deterministically (fixed seeds) on first use into the models dir and loaded
+through the same ``from_pretrained`` code as real weights. They prove mechanics, not quality.
+Bump ``BUILD_VERSION`` whenever a builder's output changes, so old builds are not reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from studio.models.clip_vocab import build_clip_tokenizer
+
+logger = logging.getLogger(__name__)
+
+BUILD_VERSION = 1
+SEED = 0
+_SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+}
+
+
+def _text_config(**extra):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=49408,
+        max_position_embeddings=77,
+        layer_norm_eps=1e-5,
+        **extra,
+    )
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=64,
+    )
+
+
+def _build_sd15(out: Path) -> None:
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(SEED)
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    torch.manual_seed(SEED + 1)
+    vae = _vae()
+    torch.manual_seed(SEED + 2)
+    text_encoder = CLIPTextModel(_text_config())
+    tokenizer = build_clip_tokenizer(out / "tokenizer")
+    pipe = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=EulerDiscreteScheduler(**_SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
+def _build_sdxl(out: Path) -> None:
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(SEED)
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,  # 6 * 8 time ids + 32 pooled text
+        cross_attention_dim=64,  # 32 + 32: both text encoders' hidden states
+        norm_num_groups=8,
+    )
+    torch.manual_seed(SEED + 1)
+    vae = _vae()
+    torch.manual_seed(SEED + 2)
+    text_encoder = CLIPTextModel(_text_config())
+    torch.manual_seed(SEED + 3)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(projection_dim=32))
+    pipe = StableDiffusionXLPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=build_clip_tokenizer(out / "tokenizer"),
+        tokenizer_2=build_clip_tokenizer(out / "tokenizer_2", pad_token="!"),
+        scheduler=EulerDiscreteScheduler(**_SCHEDULER_CONFIG),
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
+BUILDERS: dict[str, Callable[[Path], None]] = {"tiny-sd15": _build_sd15, "tiny-sdxl": _build_sdxl}
+
+
+def built_path(models_dir: Path, builder: str) -> Path:
+    return models_dir / "builtin" / f"{builder}-v{BUILD_VERSION}"
+
+
+def build(models_dir: Path, builder: str) -> Path:
+    """Build ``builder``'s folder once (atomically: temp folder, then rename) and return it."""
+    target = built_path(models_dir, builder)
+    if target.exists():
+        return target
+    if builder not in BUILDERS:
+        raise KeyError(f"unknown builtin model builder {builder!r}; known: {', '.join(BUILDERS)}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("building %s into %s", builder, target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{builder}-", dir=target.parent))
+    try:
+        BUILDERS[builder](tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not target.exists():  # a concurrent build that won the race is fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
