@@ -9,8 +9,11 @@ subject's own sides there and here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+import os
+import sys
+from collections.abc import Iterable, Iterator
 from types import ModuleType, TracebackType
 
 import cv2
@@ -83,6 +86,25 @@ _INSTALL_HINT = (
 )
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Silence what mediapipe's C++ side writes to fd 2 while its graph loads.
+
+    Loading prints a protobuf 6 ``GetPrototype`` complaint that looks like a traceback but is
+    harmless; Python exceptions still propagate.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _import_face_mesh() -> ModuleType:
     try:
         from mediapipe.python.solutions import face_mesh
@@ -113,14 +135,15 @@ class FaceMesher:
     ) -> None:
         if crop_scale < 1.0:
             raise ValueError(f"crop_scale must be >= 1 (got {crop_scale})")
-        face_mesh = _import_face_mesh()
+        with _native_stderr_silenced():
+            face_mesh = _import_face_mesh()
+            self._graph = face_mesh.FaceMesh(
+                static_image_mode=True,
+                max_num_faces=max_num_faces,
+                refine_landmarks=True,
+                min_detection_confidence=min_detection_confidence,
+            )
         self.crop_scale = crop_scale
-        self._graph = face_mesh.FaceMesh(
-            static_image_mode=True,
-            max_num_faces=max_num_faces,
-            refine_landmarks=True,
-            min_detection_confidence=min_detection_confidence,
-        )
 
     def landmarks(
         self,

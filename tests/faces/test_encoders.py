@@ -11,8 +11,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from synthetic_models import POOL, arcface_like_model
 
 from studio.faces import encoders
+from studio.faces.align import align_face
 from studio.faces.encoders import (
     ARCFACE_TEMPLATE_112,
     DLIB_DISTANCE_THRESHOLD,
@@ -46,15 +48,7 @@ def _yunet_keypoints(bgr: np.ndarray) -> np.ndarray:
 
 
 def _align(image: np.ndarray, kps: np.ndarray, template: np.ndarray, size: int) -> np.ndarray:
-    """Warp onto ``template`` by a least-squares similarity over all five points.
-
-    estimateAffinePartial2D's default RANSAC threshold (3 px) drops keypoints on some portraits;
-    a huge threshold keeps all five as inliers for its final least-squares refinement.
-    """
-    matrix, _ = cv2.estimateAffinePartial2D(
-        kps, template, method=cv2.RANSAC, ransacReprojThreshold=1e4
-    )
-    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR)
+    return align_face(image, kps, size, template=template).image
 
 
 def _pair_cosines(embeddings: dict[str, IdentityEmbedding]) -> dict[tuple[str, str], float]:
@@ -186,52 +180,6 @@ def test_mean_embedding_of_one_person(sface, sface_embeddings):
 
 # --- ArcFace on synthetic graphs --------------------------------------------------------------
 
-POOL = 8
-
-
-def _arcface_like_model(
-    path: Path,
-    *,
-    input_name: str = "input.1",
-    batch: str | int = "None",
-    size: int = 112,
-    out_dim: int = 512,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Save an ONNX graph shaped like w600k_r50: 8×8 average pool, Flatten, MatMul, Add, Tanh.
-
-    Returns the MatMul weight and bias so tests can redo the graph's maths in numpy.
-    """
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    features = 3 * (size // POOL) ** 2
-    weight = rng.normal(size=(features, out_dim)).astype(np.float32)
-    bias = rng.normal(size=out_dim).astype(np.float32)
-    nodes = [
-        helper.make_node(
-            "AveragePool", [input_name], ["pooled"], kernel_shape=[POOL, POOL], strides=[POOL, POOL]
-        ),
-        helper.make_node("Flatten", ["pooled"], ["flat"]),
-        helper.make_node("MatMul", ["flat", "weight"], ["projected"]),
-        helper.make_node("Add", ["projected", "bias"], ["shifted"]),
-        helper.make_node("Tanh", ["shifted"], ["683"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "arcface_like",
-        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, 3, size, size])],
-        [helper.make_tensor_value_info("683", TensorProto.FLOAT, [batch, out_dim])],
-        initializer=[
-            numpy_helper.from_array(weight, "weight"),
-            numpy_helper.from_array(bias, "bias"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return weight, bias
-
 
 def _graph_maths(
     crops: np.ndarray, weight: np.ndarray, bias: np.ndarray, mean: float, std: float
@@ -247,7 +195,7 @@ def _graph_maths(
 @pytest.fixture(scope="module")
 def arcface_model(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
     path = tmp_path_factory.mktemp("arcface") / "w600k_r50.onnx"
-    weight, bias = _arcface_like_model(path)
+    weight, bias = arcface_like_model(path)
     return path, weight, bias
 
 
@@ -289,7 +237,7 @@ def test_arcface_feeds_rgb_in_order(arcface, arcface_model, random_crops):
 @pytest.mark.parametrize("batch", ["None", 1])
 def test_arcface_batch_equals_single(tmp_path, random_crops, batch):
     path = tmp_path / "model.onnx"
-    _arcface_like_model(path, input_name="data", batch=batch)
+    arcface_like_model(path, input_name="data", batch=batch)
     encoder = ArcFaceEncoder(path)
     singles = [encoder.encode(crop) for crop in random_crops]
     np.testing.assert_allclose(encoder.encode_batch(list(random_crops)), singles, atol=1e-6)
@@ -309,7 +257,7 @@ def test_arcface_batch_equals_single(tmp_path, random_crops, batch):
 )
 def test_arcface_rejects_wrong_graph_shapes(tmp_path, shape, message):
     path = tmp_path / "odd.onnx"
-    _arcface_like_model(path, **shape)
+    arcface_like_model(path, **shape)
     with pytest.raises(ModelFormatError, match=re.escape(message)):
         ArcFaceEncoder(path)
 
@@ -318,7 +266,7 @@ def test_arcface_rejects_a_second_input(tmp_path):
     import onnx
 
     path = tmp_path / "two_inputs.onnx"
-    _arcface_like_model(path)
+    arcface_like_model(path)
     model = onnx.load(path)
     model.graph.input.append(onnx.helper.make_tensor_value_info("mask", 1, [1]))
     onnx.save(model, path)
@@ -341,7 +289,6 @@ def test_arcface_missing_file_says_where_to_get_it(tmp_path):
 
 @pytest.fixture(scope="module")
 def dlib_encoder() -> DlibEncoder:
-    pytest.importorskip("dlib")
     return DlibEncoder()
 
 
@@ -355,7 +302,8 @@ def dlib_embeddings(dlib_encoder, portraits) -> dict[str, IdentityEmbedding]:
 @pytest.fixture(scope="module")
 def dlib_pipeline(portraits) -> dict[str, tuple[object, np.ndarray]]:
     """dlib's own pipeline per portrait: (5-point shape, raw descriptor of dlib's own chip)."""
-    dlib = pytest.importorskip("dlib")
+    import dlib
+
     models = Path(importlib.util.find_spec("face_recognition_models").origin).parent / "models"
     detector = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
@@ -430,7 +378,6 @@ def test_dlib_without_the_extra_says_how_to_install(monkeypatch):
 
 
 def test_dlib_without_face_models_says_how_to_install(monkeypatch):
-    pytest.importorskip("dlib")
     monkeypatch.setattr(encoders, "_package_file", lambda *parts: None)
     with pytest.raises(EncoderUnavailableError, match=re.escape("portrait-studio[dlib]")):
         DlibEncoder()

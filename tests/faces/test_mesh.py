@@ -37,7 +37,6 @@ IRIS_CENTRES = {"left": regions.LEFT_IRIS_CENTER, "right": regions.RIGHT_IRIS_CE
 
 @pytest.fixture(scope="module")
 def mesher():
-    pytest.importorskip("mediapipe.python.solutions.face_mesh")
     with FaceMesher() as face_mesher:
         yield face_mesher
 
@@ -73,7 +72,8 @@ def centre(mesh: np.ndarray, polygon) -> np.ndarray:
 
 
 def test_connections_equal_mediapipe_sets():
-    connections = pytest.importorskip("mediapipe.python.solutions.face_mesh_connections")
+    from mediapipe.python.solutions import face_mesh_connections as connections
+
     for name, edges in regions.CONNECTIONS.items():
         assert edges == set(getattr(connections, f"FACEMESH_{name.upper()}")), name
 
