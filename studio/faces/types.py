@@ -16,6 +16,28 @@ import numpy as np
 
 NUM_KEYPOINTS = 5
 
+ARCFACE_TEMPLATE_112 = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
+"""insightface's ``arcface_dst``: the five keypoints of a 112 x 112 ArcFace crop, in pixels."""
+ARCFACE_TEMPLATE_112.setflags(write=False)
+
+
+def check_rgb(image: np.ndarray) -> None:
+    """Raise unless ``image`` is a non-empty RGB ``uint8`` array of shape ``(H, W, 3)``."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected an RGB uint8 numpy image, got {type(image).__name__}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        got = f"{image.dtype} {image.shape}"
+        raise ValueError(f"expected a non-empty RGB uint8 image of shape (H, W, 3), got {got}")
+
 
 @dataclass(frozen=True)
 class Detection:

@@ -62,13 +62,10 @@ def _vae():
     )
 
 
-def _build_sd15(out: Path) -> None:
-    import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
+def _unet(**extra):
+    from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         block_out_channels=(16, 32),
         layers_per_block=1,
         sample_size=32,
@@ -76,10 +73,18 @@ def _build_sd15(out: Path) -> None:
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
         norm_num_groups=8,
+        **extra,
     )
+
+
+def _build_sd15(out: Path) -> None:
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(SEED)
+    unet = _unet(cross_attention_dim=32, attention_head_dim=4)
     torch.manual_seed(SEED + 1)
     vae = _vae()
     torch.manual_seed(SEED + 2)
@@ -100,18 +105,11 @@ def _build_sd15(out: Path) -> None:
 
 def _build_sdxl(out: Path) -> None:
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _unet(
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -119,7 +117,6 @@ def _build_sdxl(out: Path) -> None:
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=80,  # 6 * 8 time ids + 32 pooled text
         cross_attention_dim=64,  # 32 + 32: both text encoders' hidden states
-        norm_num_groups=8,
     )
     torch.manual_seed(SEED + 1)
     vae = _vae()
