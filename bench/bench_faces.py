@@ -21,13 +21,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
-from studio.faces.align import align_face  # noqa: E402
-from studio.faces.detect import YuNetDetector, yunet_model_path  # noqa: E402
-from studio.faces.encoders import SFaceEncoder  # noqa: E402
-from studio.images import load_image  # noqa: E402
+from studio.faces.align import align_face
+from studio.faces.detect import YuNetDetector, yunet_model_path
+from studio.faces.encoders import SFaceEncoder
+from studio.images import load_image
 
 FACES = Path(__file__).resolve().parents[1] / "tests" / "data" / "faces"
 TARGET_MS = 30.0

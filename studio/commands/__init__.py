@@ -1,5 +1,5 @@
 """Subcommands of ``python -m studio``; each module offers ``register(subparsers, common)``."""
 
-from studio.commands import doctor, faces, generate, models
+from studio.commands import doctor, faces, generate, models, profile
 
-COMMANDS = (generate.register, faces.register, models.register, doctor.register)
+COMMANDS = (generate.register, faces.register, models.register, doctor.register, profile.register)

@@ -1,0 +1,228 @@
+"""``python -m studio profile create|add|remove|list|show|delete``: identity profiles.
+
+Contracts other tools rely on: create/add print one line per photo (``FILE: accepted``,
+``FILE: rejected: REASON``, ``FILE: skipped: REASON``) and a summary, and exit 0 when the
+profile was created or updated, 1 otherwise. ``show --json`` prints one object: ``name``,
+``path``, ``created``, ``updated``, ``consent`` {``given``, ``at``}, ``encoders`` (names),
+``counts`` {``photos``, ``accepted``, ``rejected``} and ``photos``, a list of {``file``,
+``stored_as``, ``accepted``, ``reasons``, ``similarity`` (float or null), ``notes``}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from studio.errors import StudioError
+from studio.faces.analyzer import DEFAULT_ENCODER
+from studio.faces.encoders import ENCODERS
+from studio.profiles.library import ProfileLibrary
+from studio.profiles.types import CONSENT_STATEMENT, PhotoOutcome, Profile, ProfileChange
+from studio.settings import Settings
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def register(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="identity profiles: a person's photos, checked and embedded",
+        description="Create and manage identity profiles (a person's photos and embeddings).",
+    )
+    psub = p.add_subparsers(dest="profile_command", required=True, metavar="ACTION")
+
+    create = psub.add_parser("create", parents=[common], help="create a profile from photos")
+    create.add_argument("name", metavar="NAME")
+    create.add_argument(
+        "--photos", nargs="+", required=True, metavar="PATH", help="photos or folders of photos"
+    )
+    create.add_argument(
+        "--consent", action="store_true", help=f"confirm: {CONSENT_STATEMENT} (required)"
+    )
+    create.add_argument(
+        "--encoder",
+        dest="encoders",
+        action="append",
+        choices=sorted(ENCODERS),
+        help=f"identity encoder, repeatable; the first finds outliers (default {DEFAULT_ENCODER})",
+    )
+    create.set_defaults(handler=create_profile)
+
+    add = psub.add_parser("add", parents=[common], help="add photos to a profile")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("photos", nargs="+", metavar="PATH", help="photos or folders of photos")
+    add.set_defaults(handler=add_photos)
+
+    remove = psub.add_parser("remove", parents=[common], help="remove photos from a profile")
+    remove.add_argument("name", metavar="NAME")
+    remove.add_argument("files", nargs="+", metavar="FILE", help="original or stored file name")
+    remove.set_defaults(handler=remove_photos)
+
+    ls = psub.add_parser("list", parents=[common], help="every profile")
+    ls.set_defaults(handler=list_profiles)
+
+    show = psub.add_parser("show", parents=[common], help="a profile's photos and verdicts")
+    show.add_argument("name", metavar="NAME")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(handler=show_profile)
+
+    delete = psub.add_parser("delete", parents=[common], help="delete a profile and its files")
+    delete.add_argument("name", metavar="NAME")
+    delete.set_defaults(handler=delete_profile)
+
+
+def _storage_errors(handler: Handler) -> Handler:
+    """Report storage failures (disk full, permissions, I/O) as errors, not tracebacks."""
+
+    @functools.wraps(handler)
+    def wrapped(args: argparse.Namespace, settings: Settings) -> int:
+        try:
+            return handler(args, settings)
+        except (OSError, sqlite3.Error) as exc:
+            raise StudioError(f"profile {args.profile_command} failed: {exc}") from exc
+
+    return wrapped
+
+
+@_storage_errors
+def create_profile(args: argparse.Namespace, settings: Settings) -> int:
+    with ProfileLibrary.from_settings(settings) as library:
+        change = library.create(
+            args.name,
+            args.photos,
+            consent=args.consent,
+            encoders=tuple(args.encoders or (DEFAULT_ENCODER,)),
+        )
+    _print_change(change, "created")
+    return 0
+
+
+@_storage_errors
+def add_photos(args: argparse.Namespace, settings: Settings) -> int:
+    with ProfileLibrary.from_settings(settings) as library:
+        change = library.add(args.name, args.photos)
+    _print_change(change, "updated")
+    return 0
+
+
+@_storage_errors
+def remove_photos(args: argparse.Namespace, settings: Settings) -> int:
+    with ProfileLibrary.from_settings(settings) as library:
+        change = library.remove_photos(args.name, args.files)
+    _print_change(change, "updated")
+    return 0
+
+
+@_storage_errors
+def list_profiles(args: argparse.Namespace, settings: Settings) -> int:
+    with ProfileLibrary.from_settings(settings) as library:
+        profiles = library.list()
+    if not profiles:
+        print(
+            "no profiles yet; create one with "
+            "`python -m studio profile create NAME --photos DIR --consent`"
+        )
+        return 0
+    width = max(len(p.name) for p in profiles)
+    for p in profiles:
+        print(
+            f"{p.name:<{width}}  {p.accepted} of {p.photos} photos accepted  "
+            f"created {p.created:%Y-%m-%d %H:%M} UTC  ({', '.join(p.encoders)})"
+        )
+    return 0
+
+
+@_storage_errors
+def show_profile(args: argparse.Namespace, settings: Settings) -> int:
+    with ProfileLibrary.from_settings(settings) as library:
+        profile = library.get(args.name)
+    if args.json:
+        print(json.dumps(profile_record(profile), indent=2, ensure_ascii=False))
+        return 0
+    consent = f"given {profile.consent.at.isoformat()}" if profile.consent.given else "not given"
+    encoders = ", ".join(
+        f"{e.name} ({e.dim}-d, threshold {e.threshold:g})" for e in profile.encoders
+    )
+    print(f"profile {profile.name!r}")
+    print(f"  folder:   {profile.path}")
+    print(f"  created:  {profile.created.isoformat()} (updated {profile.updated.isoformat()})")
+    print(f"  consent:  {consent}")
+    print(f"  encoders: {encoders}")
+    print(f"  photos:   {len(profile.accepted)} of {len(profile.photos)} accepted")
+    for photo in profile.photos:
+        status = "accepted" if photo.accepted else "rejected"
+        quoted = photo.similarity is None or photo.reasons  # reasons quote it already
+        similarity = "" if quoted else f"  similarity {photo.similarity:.2f}"
+        details = "; ".join((*photo.reasons, *photo.notes))
+        print(
+            f"    {status}  {photo.file} [{photo.stored_name}]{similarity}"
+            + (f": {details}" if details else "")
+        )
+    return 0
+
+
+@_storage_errors
+def delete_profile(args: argparse.Namespace, settings: Settings) -> int:
+    with ProfileLibrary.from_settings(settings) as library:
+        name = library.delete(args.name)
+    print(f"deleted profile {name!r}")
+    return 0
+
+
+def profile_record(profile: Profile) -> dict[str, Any]:
+    """A profile as the JSON contract of ``profile show --json`` describes it."""
+    accepted = len(profile.accepted)
+    return {
+        "name": profile.name,
+        "path": str(profile.path),
+        "created": profile.created.isoformat(),
+        "updated": profile.updated.isoformat(),
+        "consent": {"given": profile.consent.given, "at": profile.consent.at.isoformat()},
+        "encoders": [e.name for e in profile.encoders],
+        "counts": {
+            "photos": len(profile.photos),
+            "accepted": accepted,
+            "rejected": len(profile.photos) - accepted,
+        },
+        "photos": [
+            {
+                "file": photo.file,
+                "stored_as": photo.stored_name,
+                "accepted": photo.accepted,
+                "reasons": list(photo.reasons),
+                "similarity": None if photo.similarity is None else round(photo.similarity, 4),
+                "notes": list(photo.notes),
+            }
+            for photo in profile.photos
+        ],
+    }
+
+
+def _print_change(change: ProfileChange, verb: str) -> None:
+    for outcome in change.photos:
+        print(_outcome_line(outcome))
+    for outcome in change.changed:
+        print(f"earlier photo {_outcome_line(outcome)}")
+    profile = change.profile
+    skipped = sum(o.status == "skipped" for o in change.photos)
+    summary = (
+        f"{verb} profile {profile.name!r}: "
+        f"{len(profile.accepted)} of {len(profile.photos)} photos accepted"
+    )
+    print(summary + (f", {skipped} skipped" if skipped else "") + f" ({profile.path})")
+    if not profile.accepted:
+        print("warning: no photo is accepted now; add more photos of the person")
+
+
+def _outcome_line(outcome: PhotoOutcome) -> str:
+    extras = list(outcome.notes)
+    if outcome.similarity is not None and not outcome.reasons:  # reasons quote it already
+        extras.insert(0, f"similarity {outcome.similarity:.2f}")
+    line = f"{outcome.file}: {outcome.status}"
+    if outcome.reasons:
+        line += ": " + "; ".join(outcome.reasons)
+    return line + (f" ({'; '.join(extras)})" if extras else "")

@@ -1,0 +1,122 @@
+"""Typed values the profile library hands out: profiles, their photos, and what an edit did."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from studio.faces.encoders import IdentityEmbedding
+
+CONSENT_STATEMENT = (
+    "I am the person pictured in these photos, or I have that person's consent to use them."
+)
+"""What the user confirms when creating a profile; stored with the profile."""
+
+
+@dataclass(frozen=True)
+class Consent:
+    """The user's confirmation that the pictured person agrees, and when (UTC) it was given."""
+
+    given: bool
+    at: datetime
+    statement: str
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """An identity encoder a profile keeps embeddings for, with its same-person threshold."""
+
+    name: str
+    dim: int
+    threshold: float
+
+
+@dataclass(frozen=True, eq=False)
+class Photo:
+    """One photo of a profile, its 512-px head crop, embeddings and verdict.
+
+    ``file`` is the name the user's file had; ``stored_name`` is the copy's name in the
+    profile's ``photos`` folder. ``similarity`` is the cosine to the mean of the profile's other
+    photos (``None`` when there is nothing to compare with); ``reasons`` say why a photo is not
+    accepted; ``notes`` record what the loader converted and which face was used.
+    """
+
+    file: str
+    stored_name: str
+    path: Path
+    crop_path: Path
+    sha256: str
+    added: datetime
+    face_index: int
+    face_count: int
+    accepted: bool
+    reasons: tuple[str, ...]
+    similarity: float | None
+    notes: tuple[str, ...]
+    embeddings: Mapping[str, IdentityEmbedding]
+
+
+@dataclass(frozen=True, eq=False)
+class Profile:
+    """A person's identity profile: photos, verdicts, and a mean embedding per encoder.
+
+    ``encoders`` come in order of preference; the first one decides which photos match.
+    ``means`` holds the normalised mean of the accepted photos' embeddings, per encoder, and is
+    empty when no photo is accepted.
+    """
+
+    name: str
+    path: Path
+    created: datetime
+    updated: datetime
+    consent: Consent
+    encoders: tuple[EncoderInfo, ...]
+    photos: tuple[Photo, ...]
+    means: Mapping[str, IdentityEmbedding]
+
+    @property
+    def accepted(self) -> tuple[Photo, ...]:
+        return tuple(photo for photo in self.photos if photo.accepted)
+
+
+@dataclass(frozen=True)
+class ProfileSummary:
+    """One line of the library's listing."""
+
+    name: str
+    path: Path
+    created: datetime
+    photos: int
+    accepted: int
+    encoders: tuple[str, ...]
+
+
+PhotoStatus = Literal["accepted", "rejected", "skipped", "removed"]
+"""``rejected``: kept in the profile but not used; ``skipped``: not kept at all."""
+
+
+@dataclass(frozen=True)
+class PhotoOutcome:
+    """What an edit did with one photo; ``file`` is the name as the user gave it."""
+
+    file: str
+    status: PhotoStatus
+    reasons: tuple[str, ...] = ()
+    similarity: float | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class ProfileChange:
+    """The result of create, add or remove.
+
+    ``photos`` has one outcome per photo the user named; ``changed`` lists photos already in the
+    profile whose verdict flipped because the set of photos changed.
+    """
+
+    profile: Profile
+    photos: tuple[PhotoOutcome, ...]
+    changed: tuple[PhotoOutcome, ...]
