@@ -142,3 +142,18 @@ def test_compare_arcface_offline_says_where_the_weights_go(studio_env, faces_dir
     assert main(["compare", a, a, "--encoder", "arcface"]) == 1
     err = capsys.readouterr().err
     assert "component 'arcface'" in err and "w600k_r50.onnx" in err
+
+
+def test_compare_arcface_uses_the_catalog_file(studio_env, faces_dir, capsys):
+    from synthetic_models import arcface_like_model
+
+    # The catalog's ArcFace for face analysis is buffalo_l's w600k_r50.onnx; a user who has it
+    # places it in the models dir under the repository's layout.
+    target = studio_env / "models/public-data/insightface/models/buffalo_l/w600k_r50.onnx"
+    target.parent.mkdir(parents=True)
+    arcface_like_model(target)
+    a1, a2 = (str(faces_dir / f"{n}.jpg") for n in ("person_a_1", "person_a_2"))
+    code, result = run_json(capsys, "compare", a1, a2, "--encoder", "arcface", "--json")
+    assert code == 0
+    assert result["encoder"] == "arcface" and result["threshold"] == 0.28
+    assert -1.0 <= result["similarity"] <= 1.0
