@@ -6,10 +6,10 @@ import argparse
 import json
 from typing import Any
 
-from studio.errors import StudioError
 from studio.faces.analyzer import analyzer_from_settings
 from studio.faces.encoders import ENCODERS, IdentityEmbedding
 from studio.faces.types import Face
+from studio.identity import photo_identity_embeds
 from studio.images import ImageLoadError, iter_images, load_image
 from studio.settings import Settings
 
@@ -90,22 +90,10 @@ def _print_entry(entry: dict[str, Any]) -> None:
         print(f"  #{i} {box} score {face['score']:.2f}: {verdict}")
 
 
-def _largest_face_embedding(analyzer, path: str, encoder: str) -> IdentityEmbedding:
-    try:
-        image = load_image(path).rgb
-    except ImageLoadError as exc:
-        raise StudioError(str(exc)) from exc
-    faces = analyzer.analyze(image)
-    if not faces:
-        raise StudioError(f"{path}: no face found; choose a photo where the face is clearly seen")
-    return IdentityEmbedding(encoder, faces[0].embeddings[encoder])
-
-
 def compare(args: argparse.Namespace, settings: Settings) -> int:
     analyzer = analyzer_from_settings(settings, encoders=(args.encoder,))
-    a = _largest_face_embedding(analyzer, args.a, args.encoder)
-    b = _largest_face_embedding(analyzer, args.b, args.encoder)
-    similarity = a.similarity(b)
+    a, b = photo_identity_embeds(analyzer, (args.a, args.b), args.encoder).numpy()
+    similarity = IdentityEmbedding(args.encoder, a).similarity(IdentityEmbedding(args.encoder, b))
     threshold = analyzer.encoders[args.encoder].threshold
     result = {
         "encoder": args.encoder,
