@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,mesh,dlib
 # Their declared pins (numpy<2, protobuf<5, non-headless OpenCV) clash with this stack although
 # they run with it: installed without dependencies, their real run-time needs come from EXTRAS.
-NODEPS_SPECS ?= mediapipe==0.10.21 insightface==2.1
+NODEPS_SPECS ?= mediapipe==0.10.21 insightface==2.1 controlnet-aux==0.0.10
 STAMP := $(VENV)/.installed
 PROMPT ?= a studio portrait photo of a person, soft light
 
