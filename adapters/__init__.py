@@ -1,0 +1,48 @@
+"""Identity adapters for diffusers pipelines, and safe checkpoint reading.
+
+Public names are imported on first use, so ``adapters.checkpoint`` stays light for the CLI.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "IdentityAdapterMixin": "adapters.loader",
+    "IdentityAdapterError": "adapters.formats",
+    "IdentityAttnProcessor": "adapters.attention",
+    "IdentityAttention": "adapters.attention",
+    "FaceIDProjection": "adapters.projections",
+    "FaceIDPlusProjection": "adapters.projections",
+    "IdentityResampler": "adapters.projections",
+    "write_checkpoint": "adapters.synthetic",
+    "write_identitynet": "adapters.synthetic",
+}
+
+__all__ = [
+    "FaceIDPlusProjection",
+    "FaceIDProjection",
+    "IdentityAdapterError",
+    "IdentityAdapterMixin",
+    "IdentityAttention",
+    "IdentityAttnProcessor",
+    "IdentityResampler",
+    "write_checkpoint",
+    "write_identitynet",
+]
+
+if TYPE_CHECKING:
+    from adapters.attention import IdentityAttention, IdentityAttnProcessor
+    from adapters.formats import IdentityAdapterError
+    from adapters.loader import IdentityAdapterMixin
+    from adapters.projections import FaceIDPlusProjection, FaceIDProjection, IdentityResampler
+    from adapters.synthetic import write_checkpoint, write_identitynet
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'adapters' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

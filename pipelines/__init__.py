@@ -1,0 +1,6 @@
+"""Diffusers pipelines of the studio: identity-preserving portraits on SD1.5 and SDXL."""
+
+from pipelines.portrait import PortraitPipeline
+from pipelines.portrait_xl import PortraitXLPipeline
+
+__all__ = ["PortraitPipeline", "PortraitXLPipeline"]

@@ -66,9 +66,9 @@ class GenerationRequest:
 
 
 def pipeline_class(family: str):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from pipelines import PortraitPipeline, PortraitXLPipeline
 
-    return {"sd15": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}[family]
+    return {"sd15": PortraitPipeline, "sdxl": PortraitXLPipeline}[family]
 
 
 def load_pipeline(model_set: ModelSet, settings: Settings):

@@ -88,3 +88,54 @@ def test_round_trip_generation_same_seed_same_pixels(tiny_models_dir, builder, f
     assert np.array_equal(a, b)
     assert not np.allclose(a, c)
     assert a.std() > 0.01, "decoded image is flat"
+
+
+def test_tiny_identity_adapters_and_controlnets_load_like_published_ones(tiny_env):
+    """The tiny sets' FaceID/InstantID files and ControlNets go through the users' loaders."""
+    from diffusers import ControlNetModel
+
+    from pipelines import PortraitPipeline, PortraitXLPipeline
+    from studio.models import select_model_set
+    from studio.models.resolver import ModelResolver
+    from studio.settings import load_settings
+
+    resolver = ModelResolver(load_settings())
+    embeds = torch.nn.functional.normalize(torch.randn(2, 512, generator=torch.Generator()), dim=1)
+    condition = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+    def run(pipe, **kwargs):
+        return pipe(
+            "a portrait",
+            num_inference_steps=1,
+            height=64,
+            width=64,
+            output_type="np",
+            generator=torch.Generator().manual_seed(0),
+            **kwargs,
+        ).images[0]
+
+    sd15 = select_model_set("tiny")
+    mesh = ControlNetModel.from_pretrained(resolver.resolve(sd15, "controlnet_face"))
+    pipe = PortraitPipeline.from_pretrained(
+        resolver.resolve(sd15, "base"),
+        controlnet=mesh,
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    faceid = resolver.resolve(sd15, "faceid")
+    assert faceid.name == "ip-adapter-faceid_sd15.bin"
+    pipe.load_identity_adapter(faceid)
+    assert pipe.identity_family == "faceid-sd15"
+    plain = run(pipe, control_image=condition)
+    assert not np.allclose(plain, run(pipe, control_image=condition, identity_embeds=embeds))
+
+    sdxl = select_model_set("tiny-xl")
+    identitynet = ControlNetModel.from_pretrained(resolver.resolve(sdxl, "instantid_controlnet"))
+    xl = PortraitXLPipeline.from_pretrained(resolver.resolve(sdxl, "base"), identitynet=identitynet)
+    xl.set_progress_bar_config(disable=True)
+    xl.load_identity_adapter(resolver.resolve(sdxl, "instantid_adapter"))
+    assert xl.identity_family == "instantid"
+    with_id = run(xl, identity_embeds=embeds, keypoint_image=condition)
+    assert with_id.shape == (64, 64, 3)
+    assert not np.allclose(with_id, run(xl))

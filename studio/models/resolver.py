@@ -119,7 +119,7 @@ class ModelResolver:
             from studio.models.tiny import built_path
 
             path = built_path(self.settings.models_dir, comp.builder)
-            return path if path.exists() else None
+            return self._result(comp, path) if path.exists() else None
         return self._in_models_dir(comp) or self._in_hub_cache(comp)
 
     def resolve(self, model_set: ModelSet, name: str, *, download: bool = True) -> Path:
@@ -131,7 +131,7 @@ class ModelResolver:
         if comp.source == "builtin":
             from studio.models.tiny import build
 
-            return build(self.settings.models_dir, comp.builder)
+            return self._result(comp, build(self.settings.models_dir, comp.builder))
         if self.settings.offline or not download:
             raise self._unavailable(model_set, comp, "offline mode (HF_HUB_OFFLINE/STUDIO_OFFLINE)")
         unreachable = hub_unreachable()

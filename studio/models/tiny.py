@@ -1,7 +1,10 @@
 """The ``tiny`` model sets: standard diffusers folders with tiny random weights, built locally.
 
 They are built deterministically (fixed seeds) on first use into the models dir and loaded
-through the same ``from_pretrained`` code as real weights. They prove mechanics, not quality.
+through the same ``from_pretrained`` code as real weights; their identity adapters are written
+in the published checkpoint layouts (IP-Adapter-FaceID, InstantID) and their ControlNets as
+diffusers folders, so the same loaders users hit are exercised. They prove mechanics, not
+quality.
 Bump ``BUILD_VERSION`` whenever a builder's output changes, so old builds are not reused.
 """
 
@@ -19,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 BUILD_VERSION = 1
 SEED = 0
+TINY_VAE_SCALE = 2  # two VAE blocks: latents are half the image size
 _SCHEDULER_CONFIG = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
@@ -136,7 +140,64 @@ def _build_sdxl(out: Path) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
 
 
-BUILDERS: dict[str, Callable[[Path], None]] = {"tiny-sd15": _build_sd15, "tiny-sdxl": _build_sdxl}
+def _tiny_unet(models_dir: Path, base: str):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(build(models_dir, base) / "unet")
+
+
+def _build_faceid_sd15(out: Path, models_dir: Path) -> None:
+    from adapters import write_checkpoint
+
+    unet = _tiny_unet(models_dir, "tiny-sd15")
+    write_checkpoint("faceid-sd15", out / "ip-adapter-faceid_sd15.bin", unet=unet, seed=SEED)
+
+
+def _build_instantid(out: Path, models_dir: Path) -> None:
+    from adapters import write_checkpoint
+
+    unet = _tiny_unet(models_dir, "tiny-sdxl")
+    write_checkpoint("instantid", out / "ip-adapter.bin", unet=unet, seed=SEED)
+
+
+def _build_identitynet(out: Path, models_dir: Path) -> None:
+    from adapters import write_identitynet
+
+    unet = _tiny_unet(models_dir, "tiny-sdxl")
+    write_identitynet(out, unet, seed=SEED, vae_scale_factor=TINY_VAE_SCALE)
+
+
+def _build_mesh_controlnet(out: Path, models_dir: Path) -> None:
+    import torch
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(SEED)
+    unet = _tiny_unet(models_dir, "tiny-sd15")
+    controlnet = ControlNetModel.from_unet(
+        unet, conditioning_embedding_out_channels=(16, 32), load_weights_from_unet=True
+    )
+    # A trained ControlNet's zero-initialised convolutions are not zero any more; random ones
+    # give the tiny net an effect that tests can see.
+    zero_initialised = [
+        controlnet.controlnet_cond_embedding.conv_out,
+        *controlnet.controlnet_down_blocks,
+        controlnet.controlnet_mid_block,
+    ]
+    with torch.no_grad():
+        for module in zero_initialised:
+            for param in module.parameters():
+                param.copy_(0.1 * torch.randn(param.shape))
+    controlnet.save_pretrained(out, safe_serialization=True)
+
+
+BUILDERS: dict[str, Callable[[Path, Path], None]] = {
+    "tiny-sd15": lambda out, _: _build_sd15(out),
+    "tiny-sdxl": lambda out, _: _build_sdxl(out),
+    "tiny-faceid-sd15": _build_faceid_sd15,
+    "tiny-controlnet-face-sd15": _build_mesh_controlnet,
+    "tiny-instantid": _build_instantid,
+    "tiny-identitynet": _build_identitynet,
+}
 
 
 def built_path(models_dir: Path, builder: str) -> Path:
@@ -154,7 +215,7 @@ def build(models_dir: Path, builder: str) -> Path:
     logger.info("building %s into %s", builder, target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{builder}-", dir=target.parent))
     try:
-        BUILDERS[builder](tmp)
+        BUILDERS[builder](tmp, models_dir)
         try:
             tmp.rename(target)
         except OSError:

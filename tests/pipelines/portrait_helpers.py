@@ -1,0 +1,47 @@
+"""Shared helpers of the portrait pipeline tests: tiny runs, ControlNets, condition images."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import ControlNetModel, UNet2DConditionModel
+
+PROMPT = "a studio portrait photo of a person"
+
+
+def generate(pipe, seed: int = 0, **kwargs):
+    """Two steps at 64x64 with classifier-free guidance; ``np`` images unless asked otherwise."""
+    kwargs = {
+        "prompt": PROMPT,
+        "num_inference_steps": 2,
+        "guidance_scale": 5.0,
+        "output_type": "np",
+        **kwargs,
+    }
+    return pipe(generator=torch.Generator().manual_seed(seed), **kwargs).images
+
+
+def make_controlnet(unet: UNet2DConditionModel, seed: int) -> ControlNetModel:
+    """A ControlNet of ``unet`` whose zero-initialised convolutions are random, so it has effect."""
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    generator = torch.Generator().manual_seed(seed)
+    zero_initialised = [
+        controlnet.controlnet_cond_embedding.conv_out,
+        *controlnet.controlnet_down_blocks,
+        controlnet.controlnet_mid_block,
+    ]
+    with torch.no_grad():
+        for module in zero_initialised:
+            for param in module.parameters():
+                param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+    return controlnet
+
+
+def condition(seed: int, height: int = 64, width: int = 64) -> np.ndarray:
+    """An RGB uint8 drawing, as the studio's condition images are."""
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def unit_embeds(num_refs: int, seed: int = 0) -> torch.Tensor:
+    embeds = torch.randn(num_refs, 512, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.normalize(embeds, dim=-1)
