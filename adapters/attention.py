@@ -10,7 +10,8 @@ untouched; identity on computes
 
 with ``k_id = to_k_ip(identity_tokens)``, ``v_id = to_v_ip(identity_tokens)`` and, for FaceID
 checkpoints, the published LoRA added to ``to_q/to_k/to_v/to_out`` as the reference does
-(``attn.to_q(h) + to_q_lora(h)``, so a peft LoRA on ``attn.to_q`` still applies beneath it).
+(``attn.to_q(h) + to_q_lora(h)``; folded into a cached copy of the projection weight while
+identity is on, or added beside a peft-wrapped projection so the user's LoRA still applies).
 """
 
 from __future__ import annotations
@@ -50,9 +51,25 @@ class LoRALinear(nn.Module):
         super().__init__()
         self.down = nn.Linear(in_features, rank, bias=False)
         self.up = nn.Linear(rank, out_features, bias=False)
+        self._folded: tuple[tuple, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(x.to(self.down.weight.dtype))).to(x.dtype)
+
+    def folded(self, base: torch.Tensor) -> torch.Tensor:
+        """``base + up @ down``: the projection weight with this LoRA folded in, cached.
+
+        One matmul per projection instead of three; the cache is rebuilt whenever the base
+        weight or the LoRA weights change (in place or replaced) and is never saved.
+        """
+        key = tuple(
+            (w.data_ptr(), w._version, w.dtype, w.device, w.shape)
+            for w in (base, self.down.weight, self.up.weight)
+        )
+        if self._folded is None or self._folded[0] != key:
+            delta = self.up.weight.float() @ self.down.weight.float()
+            self._folded = (key, (base.float() + delta).to(base.dtype))
+        return self._folded[1]
 
 
 class IdentityAttnLayer(nn.Module):
@@ -71,9 +88,18 @@ class IdentityAttnLayer(nn.Module):
                 lora = LoRALinear(inputs.get(proj, hidden_size), hidden_size, lora_rank)
                 self.add_module(f"{proj}_lora", lora)
 
-    def lora(self, proj: str, x: torch.Tensor) -> torch.Tensor | int:
-        """The LoRA term of ``proj`` (0 when the layer has none), to add to ``attn.<proj>(x)``."""
-        return getattr(self, f"{proj}_lora")(x) if self.has_lora else 0
+    def project(self, proj: str, linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``attn.<proj>(x)`` plus this layer's FaceID LoRA term, if it has one.
+
+        A plain ``nn.Linear`` gets the LoRA folded into its weight (one matmul); a wrapped one
+        (e.g. a peft LoRA layer) runs as is, with the LoRA term added beside it.
+        """
+        if not self.has_lora:
+            return linear(x)
+        lora = getattr(self, f"{proj}_lora")
+        if type(linear) is nn.Linear:
+            return F.linear(x, lora.folded(linear.weight), linear.bias)
+        return linear(x) + lora(x)
 
 
 class IdentityAttention(ModelMixin, ConfigMixin):
@@ -201,13 +227,13 @@ class IdentityAttnProcessor(nn.Module):
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
-        query = attn.to_q(hidden_states) + layer.lora("to_q", hidden_states)
+        query = layer.project("to_q", attn.to_q, hidden_states)
         if encoder_hidden_states is None:
             encoder_hidden_states = hidden_states
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states) + layer.lora("to_k", encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states) + layer.lora("to_v", encoder_hidden_states)
+        key = layer.project("to_k", attn.to_k, encoder_hidden_states)
+        value = layer.project("to_v", attn.to_v, encoder_hidden_states)
 
         head_dim = key.shape[-1] // attn.heads
         query = _split_heads(query, attn.heads, head_dim)
@@ -229,7 +255,7 @@ class IdentityAttnProcessor(nn.Module):
                 attn, query, identity_tokens
             )
 
-        hidden_states = attn.to_out[0](hidden_states) + layer.lora("to_out", hidden_states)
+        hidden_states = layer.project("to_out", attn.to_out[0], hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
         if input_ndim == 4:
             hidden_states = hidden_states.transpose(-1, -2).reshape(

@@ -183,3 +183,21 @@ def test_refuses_unknown_base_processors_and_bad_tokens(attns, inputs):
         processor(attn, hidden, text, identity_tokens=torch.zeros(2, 4, 16))
     with pytest.raises(ValueError, match="no IP-Adapter loaded"):
         processor(attn, hidden, (text, [inputs["image"]]), identity_tokens=torch.zeros(2, 4, 32))
+
+
+def test_faceid_lora_fold_equals_the_separate_term_and_follows_weight_changes():
+    from adapters.attention import IdentityAttnLayer
+
+    torch.manual_seed(0)
+    layer = IdentityAttnLayer(6, 8, cross_attention=True, lora_rank=4)
+    torch.nn.init.normal_(layer.to_k_lora.up.weight)
+    base = torch.nn.Linear(8, 6)
+    x = torch.randn(2, 5, 8)
+
+    torch.testing.assert_close(layer.project("to_k", base, x), base(x) + layer.to_k_lora(x))
+    with torch.no_grad():
+        base.weight.add_(1.0)  # an in-place change (e.g. a fused style LoRA) must be seen
+        layer.to_k_lora.down.weight.mul_(2.0)
+    torch.testing.assert_close(layer.project("to_k", base, x), base(x) + layer.to_k_lora(x))
+    wrapped = torch.nn.Sequential(base)  # a wrapped projection (as peft wraps) is not folded
+    torch.testing.assert_close(layer.project("to_k", wrapped, x), base(x) + layer.to_k_lora(x))
