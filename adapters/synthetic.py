@@ -36,6 +36,32 @@ FAMILIES = {
     "faceid-plusv2-sdxl": (FACEID_PLUSV2, True),
     "instantid": (INSTANTID, True),
 }
+#: The published base models' UNet configs (stable-diffusion-v1-5, stable-diffusion-xl-base-1.0),
+#: for random-weight stand-ins of the full-size architectures (benchmarks, shape checks).
+SD15_UNET = {
+    "sample_size": 64,
+    "layers_per_block": 2,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+}
+SDXL_UNET = {
+    "sample_size": 128,
+    "layers_per_block": 2,
+    "block_out_channels": (320, 640, 1280),
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "transformer_layers_per_block": (1, 2, 10),
+    "attention_head_dim": (5, 10, 20),
+    "use_linear_projection": True,
+    "cross_attention_dim": 2048,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
+
 ARCFACE_DIM = 512
 CLIP_VIT_H_DIM = 1280
 FACEID_LORA_RANK = 128

@@ -23,29 +23,6 @@ from pathlib import Path
 
 import torch
 
-SD15_UNET = {
-    "sample_size": 64,
-    "layers_per_block": 2,
-    "block_out_channels": (320, 640, 1280, 1280),
-    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    "cross_attention_dim": 768,
-    "attention_head_dim": 8,
-}
-SDXL_UNET = {
-    "sample_size": 128,
-    "layers_per_block": 2,
-    "block_out_channels": (320, 640, 1280),
-    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    "transformer_layers_per_block": (1, 2, 10),
-    "attention_head_dim": (5, 10, 20),
-    "use_linear_projection": True,
-    "cross_attention_dim": 2048,
-    "addition_embed_type": "text_time",
-    "addition_time_embed_dim": 256,
-    "projection_class_embeddings_input_dim": 2816,
-}
 VAE = {
     "block_out_channels": (128, 256, 512, 512),
     "down_block_types": ("DownEncoderBlock2D",) * 4,
@@ -127,7 +104,7 @@ def sd15_pipelines(device: str, dtype: torch.dtype, workdir: Path):
         UNet2DConditionModel,
     )
 
-    from adapters import write_checkpoint
+    from adapters.synthetic import SD15_UNET, write_checkpoint
     from pipelines import PortraitPipeline
 
     torch.manual_seed(0)
@@ -169,7 +146,7 @@ def sdxl_pipelines(device: str, dtype: torch.dtype, workdir: Path):
         UNet2DConditionModel,
     )
 
-    from adapters import write_checkpoint, write_identitynet
+    from adapters.synthetic import SDXL_UNET, write_checkpoint, write_identitynet
     from pipelines import PortraitXLPipeline
 
     torch.manual_seed(0)
