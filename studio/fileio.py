@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+FILE_MODE = 0o644
+
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write`` on a temp file beside ``path`` and move it into place in one step."""
@@ -15,6 +17,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; results are ordinary user files
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

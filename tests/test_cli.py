@@ -165,3 +165,11 @@ def test_help_lists_subcommands():
     assert done.returncode == 0
     for name in ("generate", "models", "doctor"):
         assert name in done.stdout
+
+
+def test_outputs_are_ordinary_readable_files(tiny_env, tmp_path, capsys):
+    assert main(["generate", "--prompt", "x", "--steps", "1", "--out", str(tmp_path)]) == 0
+    png = Path(capsys.readouterr().out.strip())
+    assert png.stat().st_mode & 0o777 == 0o644
+    assert png.with_suffix(".json").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == [png.with_suffix(".json").name, png.name]
