@@ -168,6 +168,25 @@ def write_checkpoint(
     return path
 
 
+def randomize_zero_convs(controlnet: torch.nn.Module, *, seed: int, std: float) -> None:
+    """Give a ControlNet's zero-initialised convolutions small random weights.
+
+    A trained ControlNet's are no longer zero; random ones give a random-weight net an effect
+    that depends on its condition image, so tests can see it.
+    """
+    zero_initialised = [
+        controlnet.controlnet_cond_embedding.conv_out,
+        *controlnet.controlnet_down_blocks,
+        controlnet.controlnet_mid_block,
+    ]
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in zero_initialised:
+            for param in module.parameters():
+                noise = torch.randn(param.shape, generator=generator, device="cpu")
+                param.copy_(std * noise)
+
+
 def write_identitynet(
     path: str | Path, unet: torch.nn.Module, seed: int = 0, *, vae_scale_factor: int = 8
 ) -> Path:
@@ -175,8 +194,8 @@ def write_identitynet(
 
     Its cross-attention takes the identity tokens, so its width is the UNet's. The condition
     encoder downsamples the keypoint image by ``vae_scale_factor``: 8 as published (SDXL's VAE),
-    2 for the tiny sets' VAE. The zero-initialised output convolutions get small random weights
-    too, so the residuals are not all zero.
+    2 for the tiny sets' VAE. The zero-initialised convolutions get small random weights too
+    (:func:`randomize_zero_convs`).
     """
     from diffusers import ControlNetModel
 
@@ -189,12 +208,7 @@ def write_identitynet(
         controlnet = ControlNetModel.from_unet(
             unet, conditioning_embedding_out_channels=channels, load_weights_from_unet=False
         )
-    generator = torch.Generator().manual_seed(seed)
-    zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
-    with torch.no_grad():
-        for conv in zero_convs:
-            for param in conv.parameters():
-                param.copy_(0.05 * torch.randn(param.shape, generator=generator, device="cpu"))
+    randomize_zero_convs(controlnet, seed=seed, std=0.05)
     path = Path(path)
     controlnet.save_pretrained(path, safe_serialization=True)
     return path

@@ -171,22 +171,14 @@ def _build_mesh_controlnet(out: Path, models_dir: Path) -> None:
     import torch
     from diffusers import ControlNetModel
 
+    from adapters.synthetic import randomize_zero_convs
+
     torch.manual_seed(SEED)
     unet = _tiny_unet(models_dir, "tiny-sd15")
     controlnet = ControlNetModel.from_unet(
         unet, conditioning_embedding_out_channels=(16, 32), load_weights_from_unet=True
     )
-    # A trained ControlNet's zero-initialised convolutions are not zero any more; random ones
-    # give the tiny net an effect that tests can see.
-    zero_initialised = [
-        controlnet.controlnet_cond_embedding.conv_out,
-        *controlnet.controlnet_down_blocks,
-        controlnet.controlnet_mid_block,
-    ]
-    with torch.no_grad():
-        for module in zero_initialised:
-            for param in module.parameters():
-                param.copy_(0.1 * torch.randn(param.shape))
+    randomize_zero_convs(controlnet, seed=SEED, std=0.1)
     controlnet.save_pretrained(out, safe_serialization=True)
 
 

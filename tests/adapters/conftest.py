@@ -1,93 +1,15 @@
-"""Tiny SD1.5/SDXL pipelines with the identity adapter mixin, and helpers shared by these tests."""
+"""Tiny SD1.5/SDXL portrait pipelines and helpers shared by the adapter tests."""
 
 from __future__ import annotations
 
 import copy
-from typing import ClassVar
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 
-from adapters import IdentityAdapterMixin
+from pipelines import PortraitPipeline, PortraitXLPipeline
 from studio.models.tiny import built_path
-
-
-class IdentitySDPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
-    """Test-only: StableDiffusionPipeline plus the identity adapter components."""
-
-    _optional_components: ClassVar[list[str]] = [
-        *StableDiffusionPipeline._optional_components,
-        "identity_projection",
-        "identity_attn",
-    ]
-
-    def __init__(
-        self,
-        vae,
-        text_encoder,
-        tokenizer,
-        unet,
-        scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        image_encoder=None,
-        requires_safety_checker: bool = False,
-        identity_projection=None,
-        identity_attn=None,
-    ):
-        super().__init__(
-            vae,
-            text_encoder,
-            tokenizer,
-            unet,
-            scheduler,
-            safety_checker,
-            feature_extractor,
-            image_encoder,
-            requires_safety_checker,
-        )
-        self.register_modules(identity_projection=identity_projection, identity_attn=identity_attn)
-
-
-class IdentitySDXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
-    """Test-only: StableDiffusionXLPipeline plus the identity adapter components."""
-
-    _optional_components: ClassVar[list[str]] = [
-        *StableDiffusionXLPipeline._optional_components,
-        "identity_projection",
-        "identity_attn",
-    ]
-
-    def __init__(
-        self,
-        vae,
-        text_encoder,
-        text_encoder_2,
-        tokenizer,
-        tokenizer_2,
-        unet,
-        scheduler,
-        image_encoder=None,
-        feature_extractor=None,
-        force_zeros_for_empty_prompt: bool = True,
-        identity_projection=None,
-        identity_attn=None,
-    ):
-        super().__init__(
-            vae,
-            text_encoder,
-            text_encoder_2,
-            tokenizer,
-            tokenizer_2,
-            unet,
-            scheduler,
-            image_encoder,
-            feature_extractor,
-            force_zeros_for_empty_prompt,
-            add_watermarker=False,
-        )
-        self.register_modules(identity_projection=identity_projection, identity_attn=identity_attn)
 
 
 @pytest.fixture(scope="session")
@@ -114,21 +36,21 @@ def sdxl_unet(sdxl_dir) -> UNet2DConditionModel:
 
 @pytest.fixture(scope="session")
 def _sd15_components(sd15_dir):
-    return IdentitySDPipeline.from_pretrained(sd15_dir).components
+    return PortraitPipeline.from_pretrained(sd15_dir).components
 
 
 @pytest.fixture(scope="session")
 def _sdxl_components(sdxl_dir):
-    return IdentitySDXLPipeline.from_pretrained(sdxl_dir).components
+    return PortraitXLPipeline.from_pretrained(sdxl_dir).components
 
 
 @pytest.fixture
 def make_sd15_pipe(_sd15_components):
     """A factory of fresh tiny SD1.5 test pipelines: own UNet copy, shared unchanged weights."""
 
-    def make() -> IdentitySDPipeline:
+    def make() -> PortraitPipeline:
         unet = copy.deepcopy(_sd15_components["unet"])
-        pipe = IdentitySDPipeline(**{**_sd15_components, "unet": unet})
+        pipe = PortraitPipeline(**{**_sd15_components, "unet": unet})
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -136,14 +58,14 @@ def make_sd15_pipe(_sd15_components):
 
 
 @pytest.fixture
-def sd15_pipe(make_sd15_pipe) -> IdentitySDPipeline:
+def sd15_pipe(make_sd15_pipe) -> PortraitPipeline:
     return make_sd15_pipe()
 
 
 @pytest.fixture
-def sdxl_pipe(_sdxl_components) -> IdentitySDXLPipeline:
+def sdxl_pipe(_sdxl_components) -> PortraitXLPipeline:
     unet = copy.deepcopy(_sdxl_components["unet"])
-    pipe = IdentitySDXLPipeline(**{**_sdxl_components, "unet": unet})
+    pipe = PortraitXLPipeline(**{**_sdxl_components, "unet": unet})
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -30,6 +30,12 @@ from adapters import (
 from adapters.loader import COMPONENTS
 from adapters.synthetic import synthetic_state_dict, write_checkpoint
 
+
+def stock_components(components: dict) -> dict:
+    """A portrait pipeline's components that diffusers' own StableDiffusionPipeline takes."""
+    return {k: v for k, v in components.items() if k not in (*COMPONENTS, "controlnet")}
+
+
 SD15_FAMILIES = ("faceid-sd15", "faceid-plusv2-sd15")
 SDXL_FAMILIES = ("faceid-sdxl", "faceid-plusv2-sdxl", "instantid")
 PROJECTION_CLASSES = {
@@ -256,7 +262,7 @@ def test_faceid_matches_diffusers_load_ip_adapter(_sd15_components, sd15_pipe, t
     tokens = sd15_pipe.encode_identity(e, num_images=1, do_classifier_free_guidance=True)
     ours = _images(sd15_pipe, cross_attention_kwargs={"identity_tokens": tokens})
 
-    components = {k: v for k, v in _sd15_components.items() if k not in COMPONENTS}
+    components = stock_components(_sd15_components)
     reference = StableDiffusionPipeline(**{**components, "unet": copy.deepcopy(components["unet"])})
     reference.set_progress_bar_config(disable=True)
     reference.load_ip_adapter(
@@ -472,7 +478,7 @@ def test_encode_identity_arguments_per_family(sd15_pipe, sdxl_pipe, embeds):
 
 
 def test_pipeline_classes_must_declare_the_components(_sd15_components):
-    components = {k: v for k, v in _sd15_components.items() if k not in COMPONENTS}
+    components = stock_components(_sd15_components)
 
     class Undeclared(IdentityAdapterMixin, StableDiffusionPipeline):
         pass

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
+from adapters.synthetic import randomize_zero_convs
+
 PROMPT = "a studio portrait photo of a person"
 
 
@@ -24,16 +26,7 @@ def generate(pipe, seed: int = 0, **kwargs):
 def make_controlnet(unet: UNet2DConditionModel, seed: int) -> ControlNetModel:
     """A ControlNet of ``unet`` whose zero-initialised convolutions are random, so it has effect."""
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
-    generator = torch.Generator().manual_seed(seed)
-    zero_initialised = [
-        controlnet.controlnet_cond_embedding.conv_out,
-        *controlnet.controlnet_down_blocks,
-        controlnet.controlnet_mid_block,
-    ]
-    with torch.no_grad():
-        for module in zero_initialised:
-            for param in module.parameters():
-                param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+    randomize_zero_convs(controlnet, seed=seed, std=0.1)
     return controlnet
 
 
