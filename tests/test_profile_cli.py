@@ -62,6 +62,7 @@ def test_profile_lifecycle_from_the_command_line(studio_env, faces_dir, tmp_path
         "encoders",
         "counts",
         "photos",
+        "loras",
     ]
     assert shown["name"] == "Zoë B"
     assert Path(shown["path"]).parent == studio_env / "data" / "profiles"
@@ -69,6 +70,7 @@ def test_profile_lifecycle_from_the_command_line(studio_env, faces_dir, tmp_path
     assert datetime.fromisoformat(shown["consent"]["at"]).utcoffset().total_seconds() == 0
     assert shown["encoders"] == ["sface"]
     assert shown["counts"] == {"photos": 3, "accepted": 2, "rejected": 1}
+    assert shown["loras"] == []
     files = [photo["file"] for photo in shown["photos"]]
     assert files == ["impostor_1.jpg", "person_b_1.jpg", "person_b_2.jpg"]
     impostor, b1, _ = shown["photos"]

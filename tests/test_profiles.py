@@ -129,13 +129,12 @@ def test_pick_face_prefers_the_match_and_falls_back_to_the_largest():
 # The store: migrations
 
 
-LORAS = Migration(
-    "LoRAs trained from a profile",
+LATER = Migration(
+    "a later schema step",
     (
-        """CREATE TABLE loras (
+        """CREATE TABLE later (
             id INTEGER PRIMARY KEY,
-            profile_id INTEGER NOT NULL REFERENCES profiles (id) ON DELETE CASCADE,
-            path TEXT NOT NULL
+            profile_id INTEGER NOT NULL REFERENCES profiles (id) ON DELETE CASCADE
         )""",
     ),
 )
@@ -146,23 +145,26 @@ def _query(db: Path, sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
 
 
-def test_a_v1_database_is_upgraded_in_order_and_keeps_its_data(library, faces_dir):
+def test_a_database_is_upgraded_in_order_and_keeps_its_data(library, faces_dir):
     library.create("A", [faces_dir / "person_a_1.jpg"], consent=True)
     library.close()
     db = library.root / DATABASE_NAME
-    assert SCHEMA_VERSION == 1 and _query(db, "PRAGMA user_version") == [(1,)]
+    now, later = SCHEMA_VERSION, SCHEMA_VERSION + 1
+    assert SCHEMA_VERSION == 2 and _query(db, "PRAGMA user_version") == [(now,)]
 
     for _ in range(2):  # the second opening finds nothing to do
-        store = ProfileStore(db, (*MIGRATIONS, LORAS))
-        assert store.version == 2
+        store = ProfileStore(db, (*MIGRATIONS, LATER))
+        assert store.version == later
         assert store.find_profile(name_key("a")).name == "A"
         store.close()
-    assert _query(db, "PRAGMA user_version") == [(2,)]
-    assert _query(db, "SELECT count(*) FROM loras") == [(0,)]
+    assert _query(db, "PRAGMA user_version") == [(later,)]
+    assert _query(db, "SELECT count(*) FROM later") == [(0,)]
     assert _query(db, "SELECT name FROM profiles") == [("A",)]
     assert _query(db, "SELECT count(*) FROM embeddings") == [(1,)]
 
-    with pytest.raises(LibraryError, match="schema version 2, newer than .* understands \\(1\\)"):
+    with pytest.raises(
+        LibraryError, match=f"schema version {later}, newer than .* understands \\({now}\\)"
+    ):
         ProfileStore(db)
 
 
@@ -170,9 +172,12 @@ def test_a_failed_migration_leaves_the_previous_version_intact(tmp_path):
     db = tmp_path / "library.sqlite3"
     ProfileStore(db).close()
     broken = Migration("half done", ("CREATE TABLE half (x)", "CREATE TABLE broken ("))
-    with pytest.raises(LibraryError, match="schema 2 \\(half done\\) failed: .*stays at schema 1"):
+    now = SCHEMA_VERSION
+    with pytest.raises(
+        LibraryError, match=f"schema {now + 1} \\(half done\\) failed: .*stays at schema {now}"
+    ):
         ProfileStore(db, (*MIGRATIONS, broken))
-    assert _query(db, "PRAGMA user_version") == [(1,)]
+    assert _query(db, "PRAGMA user_version") == [(now,)]
     assert _query(db, "SELECT name FROM sqlite_master WHERE name = 'half'") == []
     ProfileStore(db).close()
 

@@ -4,8 +4,11 @@ Contracts other tools rely on: create/add print one line per photo (``FILE: acce
 ``FILE: rejected: REASON``, ``FILE: skipped: REASON``) and a summary, and exit 0 when the
 profile was created or updated, 1 otherwise. ``show --json`` prints one object: ``name``,
 ``path``, ``created``, ``updated``, ``consent`` {``given``, ``at``}, ``encoders`` (names),
-``counts`` {``photos``, ``accepted``, ``rejected``} and ``photos``, a list of {``file``,
-``stored_as``, ``accepted``, ``reasons``, ``similarity`` (float or null), ``notes``}.
+``counts`` {``photos``, ``accepted``, ``rejected``}, ``photos``, a list of {``file``,
+``stored_as``, ``accepted``, ``reasons``, ``similarity`` (float or null), ``notes``}, and
+``loras``, oldest first, a list of {``name``, ``path``, ``trigger``, ``class_word``, ``family``,
+``model_set``, ``steps``, ``best_step`` (int or null), ``best_similarity`` (float or null),
+``created``}.
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ from studio.errors import StudioError
 from studio.faces.analyzer import DEFAULT_ENCODER
 from studio.faces.encoders import ENCODERS
 from studio.profiles.library import ProfileLibrary
-from studio.profiles.types import CONSENT_STATEMENT, PhotoOutcome, Profile, ProfileChange
+from studio.profiles.types import (
+    CONSENT_STATEMENT,
+    PhotoOutcome,
+    Profile,
+    ProfileChange,
+    ProfileLora,
+)
 from studio.settings import Settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -65,7 +74,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     ls = psub.add_parser("list", parents=[common], help="every profile")
     ls.set_defaults(handler=list_profiles)
 
-    show = psub.add_parser("show", parents=[common], help="a profile's photos and verdicts")
+    show = psub.add_parser("show", parents=[common], help="a profile's photos, verdicts and LoRAs")
     show.add_argument("name", metavar="NAME")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(handler=show_profile)
@@ -129,9 +138,10 @@ def list_profiles(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     width = max(len(p.name) for p in profiles)
     for p in profiles:
+        loras = f"  {p.loras} LoRA{'s' if p.loras > 1 else ''}" if p.loras else ""
         print(
             f"{p.name:<{width}}  {p.accepted} of {p.photos} photos accepted  "
-            f"created {p.created:%Y-%m-%d %H:%M} UTC  ({', '.join(p.encoders)})"
+            f"created {p.created:%Y-%m-%d %H:%M} UTC  ({', '.join(p.encoders)}){loras}"
         )
     return 0
 
@@ -162,6 +172,9 @@ def show_profile(args: argparse.Namespace, settings: Settings) -> int:
             f"    {status}  {photo.file} [{photo.stored_name}]{similarity}"
             + (f": {details}" if details else "")
         )
+    print(f"  loras:    {len(profile.loras) or 'none'}")
+    for lora in profile.loras:
+        print(f"    {_lora_line(lora)}")
     return 0
 
 
@@ -199,7 +212,37 @@ def profile_record(profile: Profile) -> dict[str, Any]:
             }
             for photo in profile.photos
         ],
+        "loras": [
+            {
+                "name": lora.name,
+                "path": str(lora.path),
+                "trigger": lora.trigger,
+                "class_word": lora.class_word,
+                "family": lora.family,
+                "model_set": lora.model_set,
+                "steps": lora.steps,
+                "best_step": lora.best_step,
+                "best_similarity": (
+                    None if lora.best_similarity is None else round(lora.best_similarity, 4)
+                ),
+                "created": lora.created.isoformat(),
+            }
+            for lora in profile.loras
+        ],
     }
+
+
+def _lora_line(lora: ProfileLora) -> str:
+    best = (
+        f", best at step {lora.best_step} (similarity {lora.best_similarity:.2f})"
+        if lora.best_step is not None and lora.best_similarity is not None
+        else ""
+    )
+    return (
+        f"{lora.name}: prompt '{lora.trigger} {lora.class_word}', {lora.family} "
+        f"({lora.model_set}), rank {lora.rank}, {lora.steps} steps{best}, "
+        f"created {lora.created:%Y-%m-%d %H:%M} UTC [{lora.path}]"
+    )
 
 
 def _print_change(change: ProfileChange, verb: str) -> None:

@@ -5,6 +5,7 @@ a duplicate), analysed, and, when one usable face is found, copied into a stagin
 ``photos/<hash><suffix>`` with its 512 px head crop as ``crops/<hash>.png``. Everything else is
 skipped with a one-line reason and the batch goes on. In a photo with several faces the face
 matching the other photos is used; those photos are analysed first to know who that is.
+:func:`analyse_photos` is that analysis alone, shared with training's photo selection.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 from PIL import Image
@@ -52,7 +54,25 @@ class StagedPhoto:
 
 
 @dataclass(frozen=True, eq=False)
-class _Analysed:
+class AnalysedPhoto:
+    """A loaded photo and its usable face; ``source`` as given, ``data`` the file's bytes.
+
+    ``face_index`` counts from 0 among the photo's ``face_count`` faces (largest first);
+    ``notes`` are the loader's notes and, for a group photo, which face was used.
+    """
+
+    source: Path
+    image: LoadedImage
+    data: bytes
+    sha256: str
+    face: Face
+    face_index: int
+    face_count: int
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class _Detected:
     source: Path
     image: LoadedImage
     data: bytes
@@ -63,6 +83,34 @@ class _Analysed:
 def write_crop(path: Path, rgb: np.ndarray) -> Path:
     """Write an RGB crop as a PNG, atomically."""
     return atomic_write(path, lambda fh: Image.fromarray(rgb).save(fh, format="PNG"))
+
+
+def analyse_photos(
+    paths: Iterable[str | Path],
+    analyzer: FaceAnalyzer,
+    *,
+    encoder: str,
+    known: Mapping[str, str] = MappingProxyType({}),
+    reference: Sequence[IdentityEmbedding] = (),
+) -> list[AnalysedPhoto | PhotoOutcome]:
+    """Load, hash, detect and quality-check every photo under ``paths``; one result per file.
+
+    A file that cannot be used (unreadable, a duplicate, no face, poor quality) becomes a
+    skipped :class:`PhotoOutcome`. ``known`` maps the SHA-256 of photos already kept elsewhere
+    to their names (duplicates of them are skipped). In a group photo the face most like the
+    mean of ``reference`` (embeddings of ``encoder``) and the batch's usable single-face photos
+    is used.
+    """
+    seen: dict[str, Path] = {}
+    detected = [_detect(path, analyzer, known, seen) for path in iter_images(paths)]
+    singles = [
+        IdentityEmbedding(encoder, r.faces[0].embeddings[encoder])
+        for r in detected
+        if isinstance(r, _Detected) and len(r.faces) == 1 and _usable(r.faces[0])
+    ]
+    everyone = [*reference, *singles]
+    mean = mean_embedding(everyone) if everyone else None
+    return [r if isinstance(r, PhotoOutcome) else _choose(r, encoder, mean) for r in detected]
 
 
 def stage_photos(
@@ -83,33 +131,16 @@ def stage_photos(
     """
     (folder / PHOTOS_DIR).mkdir(parents=True, exist_ok=True)
     (folder / CROPS_DIR).mkdir(parents=True, exist_ok=True)
-    primary = encoders[0]
-    results: list[StagedPhoto | PhotoOutcome | _Analysed] = []
-    seen: dict[str, Path] = {}
-    for path in iter_images(paths):
-        analysed = _analyse(path, analyzer, known, seen)
-        if isinstance(analysed, _Analysed) and len(analysed.faces) == 1:
-            results.append(_stage(analysed, 0, None, analyzer, encoders, folder, added))
-        else:
-            results.append(analysed)  # group photos wait until the batch says who to look for
-
-    known_faces = [r.photo.embeddings[primary] for r in results if isinstance(r, StagedPhoto)]
-    mean = mean_embedding([*reference, *known_faces]) if reference or known_faces else None
-    staged: list[StagedPhoto | PhotoOutcome] = []
-    for result in results:
-        if isinstance(result, _Analysed):
-            candidates = [
-                IdentityEmbedding(primary, face.embeddings[primary]) for face in result.faces
-            ]
-            index, note = pick_face(candidates, mean)
-            result = _stage(result, index, note, analyzer, encoders, folder, added)
-        staged.append(result)
-    return staged
+    results = analyse_photos(paths, analyzer, encoder=encoders[0], known=known, reference=reference)
+    return [
+        r if isinstance(r, PhotoOutcome) else _stage(r, analyzer, encoders, folder, added)
+        for r in results
+    ]
 
 
-def _analyse(
+def _detect(
     path: Path, analyzer: FaceAnalyzer, known: Mapping[str, str], seen: dict[str, Path]
-) -> _Analysed | PhotoOutcome:
+) -> _Detected | PhotoOutcome:
     """Load, hash and detect; a :class:`PhotoOutcome` says why the photo is skipped."""
     try:
         image = load_image(path)
@@ -127,37 +158,58 @@ def _analyse(
     faces = analyzer.analyze(image.rgb)
     if not faces:
         return _skipped(path, _NO_FACE, notes=image.notes)
-    return _Analysed(path, image, data, sha256, faces)
+    return _Detected(path, image, data, sha256, faces)
+
+
+def _choose(
+    detected: _Detected, encoder: str, mean: IdentityEmbedding | None
+) -> AnalysedPhoto | PhotoOutcome:
+    """The face to use (the one like ``mean`` in a group photo), unless its quality is poor."""
+    candidates = [IdentityEmbedding(encoder, face.embeddings[encoder]) for face in detected.faces]
+    index, note = pick_face(candidates, mean)
+    face = detected.faces[index]
+    notes = (*detected.image.notes, *([note] if note else []))
+    if face.quality is not None and not face.quality.ok:
+        return _skipped(detected.source, *face.quality.reasons, notes=notes)
+    return AnalysedPhoto(
+        source=detected.source,
+        image=detected.image,
+        data=detected.data,
+        sha256=detected.sha256,
+        face=face,
+        face_index=index,
+        face_count=len(detected.faces),
+        notes=notes,
+    )
+
+
+def _usable(face: Face) -> bool:
+    return face.quality is None or face.quality.ok
 
 
 def _stage(
-    analysed: _Analysed,
-    index: int,
-    note: str | None,
+    analysed: AnalysedPhoto,
     analyzer: FaceAnalyzer,
     encoders: Sequence[str],
     folder: Path,
     added: datetime,
-) -> StagedPhoto | PhotoOutcome:
-    """Write the copy and head crop of one face's photo, unless that face is unusable."""
-    face = analysed.faces[index]
-    notes = (*analysed.image.notes, *([note] if note else []))
-    if face.quality is not None and not face.quality.ok:
-        return _skipped(analysed.source, *face.quality.reasons, notes=notes)
+) -> StagedPhoto:
+    """Write the copy and head crop of an analysed photo."""
     prefix = analysed.sha256[:HASH_PREFIX_LENGTH]
     suffix = analysed.source.suffix.lower()
     stored_name = prefix + (suffix if _SAFE_SUFFIX.fullmatch(suffix) else "")
     crop_name = f"{prefix}.png"
     atomic_write_bytes(folder / PHOTOS_DIR / stored_name, analysed.data)
     write_crop(
-        folder / CROPS_DIR / crop_name, analyzer.crop(analysed.image.rgb, face, CROP_SIZE).image
+        folder / CROPS_DIR / crop_name,
+        analyzer.crop(analysed.image.rgb, analysed.face, CROP_SIZE).image,
     )
     logger.info(
         "%s: staged as %s (face %d of %d)",
         analysed.source,
         stored_name,
-        index + 1,
-        len(analysed.faces),
+        analysed.face_index + 1,
+        analysed.face_count,
     )
     return StagedPhoto(
         source=analysed.source,
@@ -167,10 +219,12 @@ def _stage(
             crop_name=crop_name,
             sha256=analysed.sha256,
             added=added,
-            face_index=index,
-            face_count=len(analysed.faces),
-            notes=notes,
-            embeddings={name: IdentityEmbedding(name, face.embeddings[name]) for name in encoders},
+            face_index=analysed.face_index,
+            face_count=analysed.face_count,
+            notes=analysed.notes,
+            embeddings={
+                name: IdentityEmbedding(name, analysed.face.embeddings[name]) for name in encoders
+            },
         ),
     )
 

@@ -2,16 +2,18 @@
 
 Layout under the library's root (``settings.profiles_dir``)::
 
-    profiles.sqlite3                  metadata, verdicts and embeddings (see studio.profiles.store)
-    <slug>-<hash>/photos/<sha><ext>   the accepted and rejected photos, copied in
-    <slug>-<hash>/crops/<sha>.png     their 512 px head crops
-    .staging-*/                       files of an edit in progress
+    profiles.sqlite3                    metadata, verdicts, embeddings (see studio.profiles.store)
+    <slug>-<hash>/photos/<sha><ext>     the accepted and rejected photos, copied in
+    <slug>-<hash>/crops/<sha>.png       their 512 px head crops
+    <slug>-<hash>/loras/<slug>-<hash>/  LoRAs trained from the profile: weights, lora.json, report
+    .staging-*/                         files of an edit in progress
 
 Every edit is all-or-nothing. New files are written to a staging folder first; then one SQL
-transaction records them and, before it commits, moves them into place (a new profile's whole
-folder in one rename). Whatever fails, the staging folder is removed and no row refers to a
-missing file. Deleting commits first and removes files afterwards. Leftovers of a crash (stale
-staging folders, folders or files that no row refers to) are removed when the library opens.
+transaction records them and, before it commits, moves them into place (a new profile's or
+LoRA's whole folder in one rename). Whatever fails, the staging folder is removed and no row
+refers to a missing file. Deleting commits first and removes files afterwards. Leftovers of a
+crash (stale staging folders, folders or files that no row refers to) are removed when the
+library opens.
 
 After every change the photos are judged again (see :mod:`studio.profiles.selection`) with
 the profile's first encoder, and each encoder's mean embedding is recomputed from the accepted
@@ -30,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from studio.faces.analyzer import DEFAULT_ENCODER, FaceAnalyzer, analyzer_from_settings
 from studio.faces.encoders import mean_embedding
@@ -40,12 +43,20 @@ from studio.profiles.errors import (
     PhotoNotFoundError,
     ProfileError,
     ProfileExistsError,
+    ProfileNameError,
     ProfileNotFoundError,
 )
 from studio.profiles.intake import CROPS_DIR, PHOTOS_DIR, StagedPhoto, stage_photos
 from studio.profiles.names import DIR_NAME_PATTERN, dir_name, name_key, normalize_name
 from studio.profiles.selection import Verdict, judge
-from studio.profiles.store import PhotoRow, ProfileRow, ProfileStore, StoredPhoto
+from studio.profiles.store import (
+    LoraRow,
+    PhotoRow,
+    ProfileRow,
+    ProfileStore,
+    StoredLora,
+    StoredPhoto,
+)
 from studio.profiles.types import (
     CONSENT_STATEMENT,
     Consent,
@@ -54,9 +65,13 @@ from studio.profiles.types import (
     PhotoOutcome,
     Profile,
     ProfileChange,
+    ProfileLora,
     ProfileSummary,
 )
 from studio.settings import Settings
+
+if TYPE_CHECKING:
+    from studio.training.types import LoraMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +79,11 @@ DATABASE_NAME = "profiles.sqlite3"
 STAGING_PREFIX = ".staging-"
 STALE_STAGING_S = 3600.0
 """A staging folder untouched this long belongs to an edit that died; it is removed on open."""
+LORAS_DIR = "loras"
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # studio.training.export.WEIGHTS_NAME
+LORA_REPORT = "report.json"
+_LORA_NAMES = frozenset({LORA_WEIGHTS, "lora.json", LORA_REPORT, "report.md"})
+_LORA_SUFFIXES = frozenset({".svg", ".safetensors"})
 
 AnalyzerFactory = Callable[[tuple[str, ...]], FaceAnalyzer]
 """Returns an analyzer with (at least) the named encoders; called only by edits that analyse."""
@@ -119,14 +139,15 @@ class ProfileLibrary:
                 photos=photos,
                 accepted=accepted,
                 encoders=tuple(e.name for e in row.encoders),
+                loras=loras,
             )
-            for row, photos, accepted in self._store.profiles()
+            for row, photos, accepted, loras in self._store.profiles()
         ]
 
     def get(self, name: str) -> Profile:
-        """The profile called ``name`` (ignoring case), with its photos and mean embeddings."""
+        """The profile called ``name`` (ignoring case), with its photos, means and LoRAs."""
         row = self._require(name)
-        return self._profile(row, self._store.photos(row.id))
+        return self._profile(row, self._store.photos(row.id), self._store.loras(row.id))
 
     # Editing
 
@@ -271,8 +292,79 @@ class ProfileLibrary:
         logger.info("removed %d photo(s) from profile %r", len(chosen), row.name)
         return ProfileChange(self.get(row.name), removed, _changed(rest, verdicts))
 
+    def add_lora(
+        self,
+        name: str,
+        source_dir: Path,
+        metadata: LoraMetadata,
+        *,
+        lora_name: str | None = None,
+    ) -> ProfileLora:
+        """Copy a trained LoRA's folder into the profile and register it; all of it or nothing.
+
+        Copies ``pytorch_lora_weights.safetensors`` (required), ``lora.json``, the report
+        (``report.json``, ``report.md``, ``*.svg``) and other ``*.safetensors`` (a kohya export),
+        nothing else. ``lora_name`` follows the profile-name rules and defaults to
+        ``lora-<UTC time>``; it must be new to the profile (ignoring case).
+        """
+        row = self._require(name)
+        files = _lora_files(Path(source_dir))
+        now = _now()
+        lora_name = _lora_name(lora_name or f"lora-{now:%Y%m%d-%H%M%S}")
+        self._check_lora_free(row, lora_name)
+        stored = StoredLora(
+            name=lora_name,
+            dir_name=dir_name(lora_name),
+            created=now,
+            trigger=metadata.trigger,
+            class_word=metadata.class_word,
+            family=metadata.family,
+            model_set=metadata.model_set,
+            rank=metadata.rank,
+            steps=metadata.steps,
+            best_step=metadata.best_step,
+            best_similarity=metadata.best_similarity,
+            files=tuple(f.name for f in files),
+        )
+        target = self.root / row.dir_name / LORAS_DIR / stored.dir_name
+        with _staging(self.root) as staging:
+            for file in files:
+                _copy(file, staging / file.name)
+            moved = False
+            try:
+                with self._store.transaction():
+                    current = self._require(row.name)  # not deleted meanwhile
+                    self._check_lora_free(current, lora_name)
+                    self._store.insert_lora(current.id, name_key(lora_name), stored)
+                    self._store.set_updated(current.id, now)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    if target.exists():  # a crash's leftover: no row refers to it
+                        shutil.rmtree(target)
+                    os.rename(staging, target)
+                    moved = True
+            except BaseException:
+                if moved:
+                    shutil.rmtree(target, ignore_errors=True)
+                raise
+        logger.info("added LoRA %r to profile %r in %s", lora_name, row.name, target)
+        return self._lora(row.dir_name, stored)
+
+    def remove_lora(self, name: str, lora_name: str) -> str:
+        """Remove a LoRA and its folder from a profile; returns its name as stored."""
+        row = self._require(name)
+        lora_name = _lora_name(lora_name)
+        with self._store.transaction():
+            found = self._require_lora(row, lora_name)
+            self._store.delete_lora(found.id)
+            self._store.set_updated(row.id, _now())
+        shutil.rmtree(
+            self.root / row.dir_name / LORAS_DIR / found.lora.dir_name, ignore_errors=True
+        )
+        logger.info("removed LoRA %r from profile %r", found.lora.name, row.name)
+        return found.lora.name
+
     def delete(self, name: str) -> str:
-        """Delete a profile, its photos and crops; returns its name as stored."""
+        """Delete a profile, its photos, crops and LoRAs; returns its name as stored."""
         row = self._require(name)
         with self._store.transaction():
             self._store.delete_profile(row.id)
@@ -289,6 +381,25 @@ class ProfileLibrary:
                 f"no profile named {name!r}; see `python -m studio profile list`"
             )
         return row
+
+    def _find_lora(self, row: ProfileRow, lora_name: str) -> LoraRow | None:
+        key = name_key(lora_name)
+        return next((r for r in self._store.loras(row.id) if name_key(r.lora.name) == key), None)
+
+    def _check_lora_free(self, row: ProfileRow, lora_name: str) -> None:
+        if (existing := self._find_lora(row, lora_name)) is not None:
+            raise ProfileError(
+                f"profile {row.name!r} already has a LoRA named {existing.lora.name!r}; "
+                "choose another name or remove that LoRA first"
+            )
+
+    def _require_lora(self, row: ProfileRow, lora_name: str) -> LoraRow:
+        if (found := self._find_lora(row, lora_name)) is None:
+            raise ProfileError(
+                f"profile {row.name!r} has no LoRA named {lora_name!r}; "
+                f"see `python -m studio profile show {row.name!r}`"
+            )
+        return found
 
     def _check_unchanged(self, row: ProfileRow, read: Sequence[PhotoRow]) -> None:
         """In a transaction: fail if another edit changed the profile's photos since ``read``."""
@@ -328,7 +439,9 @@ class ProfileLibrary:
             self._store.set_mean(profile_id, encoder.name, mean)
         self._store.set_updated(profile_id, _now())
 
-    def _profile(self, row: ProfileRow, photos: Sequence[PhotoRow]) -> Profile:
+    def _profile(
+        self, row: ProfileRow, photos: Sequence[PhotoRow], loras: Sequence[LoraRow]
+    ) -> Profile:
         folder = self.root / row.dir_name
         return Profile(
             name=row.name,
@@ -356,12 +469,32 @@ class ProfileLibrary:
                 for p in photos
             ),
             means=row.means,
+            loras=tuple(self._lora(row.dir_name, r.lora) for r in loras),
+        )
+
+    def _lora(self, profile_dir: str, lora: StoredLora) -> ProfileLora:
+        folder = self.root / profile_dir / LORAS_DIR / lora.dir_name
+        return ProfileLora(
+            name=lora.name,
+            path=folder,
+            weights=folder / LORA_WEIGHTS,
+            report=folder / LORA_REPORT if LORA_REPORT in lora.files else None,
+            created=lora.created,
+            trigger=lora.trigger,
+            class_word=lora.class_word,
+            family=lora.family,
+            model_set=lora.model_set,
+            rank=lora.rank,
+            steps=lora.steps,
+            best_step=lora.best_step,
+            best_similarity=lora.best_similarity,
         )
 
     def _recover(self) -> None:
         """Remove what crashed edits left behind; under the write lock, so no edit is mid-way."""
         with self._store.transaction():
             files = self._store.files_by_dir()
+            lora_dirs = self._store.lora_dirs()
             for entry in self.root.iterdir():
                 if entry.name.startswith(STAGING_PREFIX):
                     if _idle_seconds(entry) > STALE_STAGING_S:
@@ -374,6 +507,15 @@ class ProfileLibrary:
                             if path.name not in files[entry.name]:
                                 logger.warning("removing %s: no profile photo refers to it", path)
                                 path.unlink(missing_ok=True)
+                    loras = entry / LORAS_DIR
+                    for folder in loras.iterdir() if loras.is_dir() else ():
+                        if (
+                            folder.is_dir()
+                            and DIR_NAME_PATTERN.fullmatch(folder.name)
+                            and folder.name not in lora_dirs[entry.name]
+                        ):
+                            logger.warning("removing %s: no profile LoRA refers to it", folder)
+                            shutil.rmtree(folder, ignore_errors=True)
                 elif entry.is_dir() and DIR_NAME_PATTERN.fullmatch(entry.name):
                     logger.warning("removing %s: no profile refers to it", entry)
                     shutil.rmtree(entry, ignore_errors=True)
@@ -387,6 +529,40 @@ def _staging(root: Path) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _lora_name(raw: str) -> str:
+    """A LoRA name, checked with the profile-name rules."""
+    try:
+        return normalize_name(raw)
+    except ProfileNameError as exc:
+        raise ProfileNameError(str(exc).replace("profile name", "LoRA name", 1)) from None
+
+
+def _lora_files(source: Path) -> list[Path]:
+    """The files of a trained LoRA's folder that a profile keeps (no subfolders)."""
+    if not source.is_dir():
+        raise ProfileError(f"LoRA folder {source} not found; give the folder training wrote")
+    files = sorted(
+        entry
+        for entry in source.iterdir()
+        if entry.is_file()
+        and not entry.name.startswith(".")
+        and (entry.name in _LORA_NAMES or entry.suffix.lower() in _LORA_SUFFIXES)
+    )
+    if not any(f.name == LORA_WEIGHTS for f in files):
+        raise ProfileError(
+            f"{source} has no {LORA_WEIGHTS}; give the folder of a finished training run"
+        )
+    return files
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy a file's bytes and flush them to disk."""
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+        dst.flush()
+        os.fsync(dst.fileno())
 
 
 def _idle_seconds(folder: Path) -> float:

@@ -4,7 +4,8 @@
 missing ones in order, each in its own transaction together with the version bump, so a failed
 upgrade leaves the previous version intact. Foreign keys are on (deleting a profile deletes its
 rows) and the journal is WAL. Embeddings are little-endian float32 BLOBs with their encoder's
-name and dimension beside them. Times are ISO 8601 strings in UTC.
+name and dimension beside them. Times are ISO 8601 strings in UTC. Schema 2 adds ``loras``: the
+LoRAs trained from a profile, with the facts of their ``lora.json`` and the names of their files.
 
 One :class:`ProfileStore` holds one connection and is not thread-safe: use one per thread.
 """
@@ -95,6 +96,30 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        "LoRAs trained from a profile, with their metadata and file names",
+        (
+            """CREATE TABLE loras (
+                id INTEGER PRIMARY KEY,
+                profile_id INTEGER NOT NULL REFERENCES profiles (id) ON DELETE CASCADE,
+                name TEXT NOT NULL,
+                name_key TEXT NOT NULL,
+                dir_name TEXT NOT NULL,
+                created TEXT NOT NULL,
+                trigger TEXT NOT NULL,
+                class_word TEXT NOT NULL,
+                family TEXT NOT NULL,
+                model_set TEXT NOT NULL,
+                rank INTEGER NOT NULL CHECK (rank > 0),
+                steps INTEGER NOT NULL CHECK (steps >= 0),
+                best_step INTEGER,
+                best_similarity REAL,
+                files TEXT NOT NULL,
+                UNIQUE (profile_id, name_key),
+                UNIQUE (profile_id, dir_name)
+            )""",
+        ),
+    ),
 )
 """The schema's history, oldest first; append, never edit, to change it."""
 
@@ -128,6 +153,33 @@ class StoredPhoto:
     face_count: int
     notes: tuple[str, ...]
     embeddings: Mapping[str, IdentityEmbedding]
+
+
+@dataclass(frozen=True)
+class StoredLora:
+    """A LoRA registered with a profile: its folder, files and the facts of its training.
+
+    ``files`` are the names of the files in the LoRA's folder.
+    """
+
+    name: str
+    dir_name: str
+    created: datetime
+    trigger: str
+    class_word: str
+    family: str
+    model_set: str
+    rank: int
+    steps: int
+    best_step: int | None
+    best_similarity: float | None
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LoraRow:
+    id: int
+    lora: StoredLora
 
 
 @dataclass(frozen=True, eq=False)
@@ -232,14 +284,18 @@ class ProfileStore:
         ).fetchone()
         return None if row is None else self._profile_row(row)
 
-    def profiles(self) -> list[tuple[ProfileRow, int, int]]:
-        """Every profile by name, with its number of photos and of accepted photos."""
+    def profiles(self) -> list[tuple[ProfileRow, int, int, int]]:
+        """Every profile by name, with its number of photos, of accepted photos and of LoRAs."""
         rows = self._conn.execute(
-            """SELECT p.*, count(ph.id) AS n_photos, coalesce(sum(ph.accepted), 0) AS n_accepted
+            """SELECT p.*, count(ph.id) AS n_photos, coalesce(sum(ph.accepted), 0) AS n_accepted,
+                      (SELECT count(*) FROM loras AS l WHERE l.profile_id = p.id) AS n_loras
                FROM profiles AS p LEFT JOIN photos AS ph ON ph.profile_id = p.id
                GROUP BY p.id ORDER BY p.name_key"""
         ).fetchall()
-        return [(self._profile_row(row), row["n_photos"], row["n_accepted"]) for row in rows]
+        return [
+            (self._profile_row(row), row["n_photos"], row["n_accepted"], row["n_loras"])
+            for row in rows
+        ]
 
     def photos(self, profile_id: int) -> list[PhotoRow]:
         """The profile's photos in the order they were added, with their embeddings."""
@@ -277,6 +333,44 @@ class ProfileStore:
             )
             for row in rows
         ]
+
+    def loras(self, profile_id: int) -> list[LoraRow]:
+        """The profile's LoRAs in the order they were added."""
+        rows = self._conn.execute(
+            "SELECT * FROM loras WHERE profile_id = ? ORDER BY id", (profile_id,)
+        ).fetchall()
+        return [
+            LoraRow(
+                id=row["id"],
+                lora=StoredLora(
+                    name=row["name"],
+                    dir_name=row["dir_name"],
+                    created=datetime.fromisoformat(row["created"]),
+                    trigger=row["trigger"],
+                    class_word=row["class_word"],
+                    family=row["family"],
+                    model_set=row["model_set"],
+                    rank=row["rank"],
+                    steps=row["steps"],
+                    best_step=row["best_step"],
+                    best_similarity=row["best_similarity"],
+                    files=tuple(json.loads(row["files"])),
+                ),
+            )
+            for row in rows
+        ]
+
+    def lora_dirs(self) -> dict[str, set[str]]:
+        """Every profile folder name, with the LoRA folder names its rows refer to."""
+        dirs: dict[str, set[str]] = {
+            row["dir_name"]: set() for row in self._conn.execute("SELECT dir_name FROM profiles")
+        }
+        for row in self._conn.execute(
+            """SELECT p.dir_name, l.dir_name AS lora_dir
+               FROM loras AS l JOIN profiles AS p ON p.id = l.profile_id"""
+        ):
+            dirs[row["dir_name"]].add(row["lora_dir"])
+        return dirs
 
     def files_by_dir(self) -> dict[str, set[str]]:
         """Every profile folder name, with the photo and crop file names its rows refer to."""
@@ -377,6 +471,34 @@ class ProfileStore:
 
     def delete_photos(self, photo_ids: Sequence[int]) -> None:
         self._conn.executemany("DELETE FROM photos WHERE id = ?", [(i,) for i in photo_ids])
+
+    def insert_lora(self, profile_id: int, name_key: str, lora: StoredLora) -> int:
+        cursor = self._conn.execute(
+            """INSERT INTO loras (profile_id, name, name_key, dir_name, created, trigger,
+                                  class_word, family, model_set, rank, steps, best_step,
+                                  best_similarity, files)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (
+                profile_id,
+                lora.name,
+                name_key,
+                lora.dir_name,
+                lora.created.isoformat(),
+                lora.trigger,
+                lora.class_word,
+                lora.family,
+                lora.model_set,
+                lora.rank,
+                lora.steps,
+                lora.best_step,
+                lora.best_similarity,
+                json.dumps(list(lora.files)),
+            ),
+        )
+        return int(cursor.lastrowid)
+
+    def delete_lora(self, lora_id: int) -> None:
+        self._conn.execute("DELETE FROM loras WHERE id = ?", (lora_id,))
 
     def delete_profile(self, profile_id: int) -> None:
         self._conn.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))

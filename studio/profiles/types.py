@@ -1,4 +1,4 @@
-"""Typed values the profile library hands out: profiles, their photos, and what an edit did."""
+"""Typed values the profile library hands out: profiles, their photos and LoRAs, and edits."""
 
 from __future__ import annotations
 
@@ -59,13 +59,37 @@ class Photo:
     embeddings: Mapping[str, IdentityEmbedding]
 
 
+@dataclass(frozen=True)
+class ProfileLora:
+    """A LoRA trained from a profile's photos, kept in the profile's ``loras`` folder.
+
+    ``path`` is its folder, ``weights`` the diffusers LoRA file in it and ``report`` the training
+    report's JSON (``None`` when none was kept); ``created`` is when it was added (UTC). The
+    prompt that calls up the person is ``"<trigger> <class_word>"``.
+    """
+
+    name: str
+    path: Path
+    weights: Path
+    report: Path | None
+    created: datetime
+    trigger: str
+    class_word: str
+    family: str
+    model_set: str
+    rank: int
+    steps: int
+    best_step: int | None
+    best_similarity: float | None
+
+
 @dataclass(frozen=True, eq=False)
 class Profile:
-    """A person's identity profile: photos, verdicts, and a mean embedding per encoder.
+    """A person's identity profile: photos, verdicts, a mean embedding per encoder, LoRAs.
 
     ``encoders`` come in order of preference; the first one decides which photos match.
     ``means`` holds the normalised mean of the accepted photos' embeddings, per encoder, and is
-    empty when no photo is accepted.
+    empty when no photo is accepted. ``loras`` come in the order they were added, newest last.
     """
 
     name: str
@@ -76,6 +100,7 @@ class Profile:
     encoders: tuple[EncoderInfo, ...]
     photos: tuple[Photo, ...]
     means: Mapping[str, IdentityEmbedding]
+    loras: tuple[ProfileLora, ...]
 
     @property
     def accepted(self) -> tuple[Photo, ...]:
@@ -92,6 +117,7 @@ class ProfileSummary:
     photos: int
     accepted: int
     encoders: tuple[str, ...]
+    loras: int
 
 
 PhotoStatus = Literal["accepted", "rejected", "skipped", "removed"]

@@ -1,0 +1,107 @@
+"""``python -m studio.train_lora``: train an identity LoRA from a handful of photos.
+
+Also ``python -m studio train-lora`` and ``accelerate launch -m studio.train_lora ...`` for
+several GPUs. Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and exits;
+``--resume latest`` continues from there, as it does after a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from studio.errors import StudioError
+from studio.settings import Settings
+from studio.training.config import build_parser, config_from_flags, given_flags
+
+EXIT_INTERRUPTED = 130
+
+
+def parser(prog: str = "python -m studio.train_lora") -> argparse.ArgumentParser:
+    from studio.cli import common_options
+
+    return argparse.ArgumentParser(
+        prog=prog,
+        parents=[build_parser(prog), common_options()],
+        description="Train an identity LoRA from a handful of photos of one person.",
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and validate the flags; a bad combination exits with a message naming the flags."""
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        config_from_flags(given_flags(args))
+    except StudioError as exc:
+        p.error(str(exc))
+    return args
+
+
+def main(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    """Train as ``args`` say; returns the process exit code."""
+    from studio.cli import settings_from_args
+    from studio.training.trainer import train
+
+    settings = settings or settings_from_args(args)
+    given = given_flags(args)
+    stop = threading.Event()
+    restore = _stop_on_signals(stop)
+    try:
+        result = train(config_from_flags(given), settings, given=given, stop=stop)
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        restore()
+    if result.status == "interrupted":
+        print(
+            f"interrupted at step {result.step}; a checkpoint is saved. Continue with:\n"
+            f"  python -m studio.train_lora --resume latest --out {result.run_dir}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    print(f"LoRA: {result.weights}")
+    if result.best_step is not None:
+        print(f"best identity similarity {result.best_similarity:.3f} at step {result.best_step}")
+    if result.profile_lora:
+        print(f"registered in profile {args.profile!r} as {result.profile_lora!r}")
+    print(f"report: {result.report}")
+    return 0
+
+
+def _stop_on_signals(stop: threading.Event):
+    """SIGINT/SIGTERM ask the loop to checkpoint and stop; a second SIGINT aborts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        logging.getLogger(__name__).warning("stopping after this step (checkpoint follows)")
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
+def run() -> int:
+    args = parse_args()
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    return main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(run())
