@@ -383,10 +383,16 @@ def _references(embeds: torch.Tensor, dim: int, family: str | None) -> torch.Ten
             f"identity embeddings must be [num_refs, {dim}], got {list(embeds.shape)}"
         )
     if embeds.shape[1] != dim:
-        raise IdentityAdapterError(
-            f"identity embeddings are {embeds.shape[1]}-d, the {family} adapter takes {dim}-d "
+        hint = (
             "ArcFace embeddings (insightface buffalo_l/antelopev2): use the profile's 'arcface' "
             "embeddings, not 128-d SFace/dlib ones"
+            if dim == 512
+            else "embeddings of the recognizer it was trained with (the model set's "
+            "identity_encoder)"
+        )
+        raise IdentityAdapterError(
+            f"identity embeddings are {embeds.shape[1]}-d, the {family} adapter takes {dim}-d "
+            + hint
         )
     embeds = embeds.float()
     norms = embeds.norm(dim=1)

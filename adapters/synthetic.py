@@ -69,8 +69,12 @@ FACEID_LORA_RANK = 128
 IDENTITYNET_CONDITION_CHANNELS = (16, 32, 96, 256)
 
 
-def published_config(architecture: str, token_dim: int) -> dict:
-    """The projection config the published checkpoint of ``architecture`` has for this width."""
+def published_config(architecture: str, token_dim: int, id_embed_dim: int = ARCFACE_DIM) -> dict:
+    """The projection config the published checkpoint of ``architecture`` has for this width.
+
+    ``id_embed_dim`` other than 512 gives a FaceID projection for another recognizer's
+    embeddings (the tiny set's takes SFace's 128-d ones); InstantID always takes 512.
+    """
     published = token_dim in PUBLISHED_BASES
     if architecture == INSTANTID:
         dim = 1280 if published else PERCEIVER_DIM_HEAD
@@ -85,7 +89,7 @@ def published_config(architecture: str, token_dim: int) -> dict:
             "ff_mult": 4,
         }
     config = {
-        "id_embed_dim": ARCFACE_DIM,
+        "id_embed_dim": id_embed_dim,
         "hidden_dim": 2 * ARCFACE_DIM,
         "cross_attention_dim": token_dim,
         "num_tokens": 4,
@@ -102,7 +106,9 @@ def published_config(architecture: str, token_dim: int) -> dict:
     return config
 
 
-def published_layout(family: str, *, unet: torch.nn.Module) -> dict[str, dict[str, tuple]]:
+def published_layout(
+    family: str, *, unet: torch.nn.Module, id_embed_dim: int = ARCFACE_DIM
+) -> dict[str, dict[str, tuple]]:
     """``{"image_proj": {key: shape}, "ip_adapter": {key: shape}}`` of ``family`` for ``unet``."""
     if family not in FAMILIES:
         known = ", ".join(FAMILIES)
@@ -114,7 +120,7 @@ def published_layout(family: str, *, unet: torch.nn.Module) -> dict[str, dict[st
         raise ValueError(f"{family} is made for {kind}-layout UNet; this UNet is not one")
     layers = attention_layers(unet)
     token_dim = next(layer.context_dim for layer in layers if layer.is_cross_attention)
-    config = published_config(architecture, token_dim)
+    config = published_config(architecture, token_dim, id_embed_dim)
     lora_rank = None if architecture == INSTANTID else FACEID_LORA_RANK
     spec = AdapterSpec(
         architecture=architecture,
@@ -132,10 +138,10 @@ def published_layout(family: str, *, unet: torch.nn.Module) -> dict[str, dict[st
 
 
 def synthetic_state_dict(
-    family: str, *, unet: torch.nn.Module, seed: int = 0
+    family: str, *, unet: torch.nn.Module, seed: int = 0, id_embed_dim: int = ARCFACE_DIM
 ) -> dict[str, dict[str, torch.Tensor]]:
     """``{"image_proj": {...}, "ip_adapter": {...}}`` of random weights for ``unet``."""
-    layout = published_layout(family, unet=unet)
+    layout = published_layout(family, unet=unet, id_embed_dim=id_embed_dim)
     generator = torch.Generator().manual_seed(seed)
     return {half: _random(shapes, generator) for half, shapes in layout.items()}
 
@@ -147,6 +153,7 @@ def write_checkpoint(
     unet: torch.nn.Module,
     seed: int = 0,
     fmt: Literal["bin", "safetensors"] = "bin",
+    id_embed_dim: int = ARCFACE_DIM,
 ) -> Path:
     """Write a random ``family`` checkpoint for ``unet``; return its path.
 
@@ -156,7 +163,7 @@ def write_checkpoint(
     path = Path(path)
     if path.suffix != f".{fmt}":
         raise ValueError(f"a {fmt} checkpoint path must end in .{fmt}, got {path.name}")
-    state_dict = synthetic_state_dict(family, unet=unet, seed=seed)
+    state_dict = synthetic_state_dict(family, unet=unet, seed=seed, id_embed_dim=id_embed_dim)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "bin":
         torch.save(state_dict, path)

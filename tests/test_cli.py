@@ -108,7 +108,9 @@ def test_generate_with_missing_weights_fails_offline_with_advice(studio_env, cap
 
 
 def test_local_diffusers_folder_as_model_set(tiny_env, tiny_models_dir, tmp_path, capsys):
-    folder = tiny_models_dir / "builtin" / "tiny-sd15-v1"
+    from studio.models.tiny import built_path
+
+    folder = built_path(tiny_models_dir, "tiny-sd15")
     assert (
         main(
             [

@@ -1,7 +1,8 @@
 """The README's three ways to call the pipelines, end to end on the tiny set.
 
 ArcFace weights cannot be had offline, so a synthetic ONNX with w600k_r50's signature stands in
-for them through the same ``--weights arcface=PATH`` override a user has.
+for them through the same ``--weights arcface=PATH`` override a user has, with a random FaceID
+adapter in the published (512-d) layout (the tiny set's own adapter takes SFace embeddings).
 """
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from diffusers import ControlNetModel
 from synthetic_models import arcface_like_model
 
+from adapters import write_checkpoint
 from pipelines import PortraitPipeline
 from studio.faces.analyzer import analyzer_from_settings
 from studio.faces.condition import pose_condition
@@ -29,7 +31,7 @@ def arcface_file(tmp_path_factory):
 
 
 @pytest.fixture
-def flows(tiny_env, arcface_file):
+def flows(tiny_env, arcface_file, tmp_path):
     settings = load_settings(weights={"arcface": str(arcface_file)})
     models, resolver = select_model_set("tiny"), ModelResolver(settings)
     controlnet = ControlNetModel.from_pretrained(resolver.resolve(models, "controlnet_face"))
@@ -37,7 +39,9 @@ def flows(tiny_env, arcface_file):
         resolver.resolve(models, "base"), controlnet=controlnet, safety_checker=None
     )
     pipe.set_progress_bar_config(disable=True)
-    pipe.load_identity_adapter(resolver.resolve(models, "faceid"))
+    pipe.load_identity_adapter(
+        write_checkpoint("faceid-sd15", tmp_path / "ip-adapter-faceid_sd15.bin", unet=pipe.unet)
+    )
     return settings, pipe
 
 

@@ -100,7 +100,9 @@ def test_tiny_identity_adapters_and_controlnets_load_like_published_ones(tiny_en
     from studio.settings import load_settings
 
     resolver = ModelResolver(load_settings())
-    embeds = torch.nn.functional.normalize(torch.randn(2, 512, generator=torch.Generator()), dim=1)
+    def unit(dim):
+        return torch.nn.functional.normalize(torch.randn(2, dim, generator=torch.Generator()), dim=1)
+
     condition = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
     def run(pipe, **kwargs):
@@ -128,7 +130,8 @@ def test_tiny_identity_adapters_and_controlnets_load_like_published_ones(tiny_en
     pipe.load_identity_adapter(faceid)
     assert pipe.identity_family == "faceid-sd15"
     plain = run(pipe, control_image=condition)
-    assert not np.allclose(plain, run(pipe, control_image=condition, identity_embeds=embeds))
+    # The tiny FaceID adapter takes the embedded SFace recognizer's 128-d embeddings.
+    assert not np.allclose(plain, run(pipe, control_image=condition, identity_embeds=unit(128)))
 
     sdxl = select_model_set("tiny-xl")
     identitynet = ControlNetModel.from_pretrained(resolver.resolve(sdxl, "instantid_controlnet"))
@@ -136,6 +139,6 @@ def test_tiny_identity_adapters_and_controlnets_load_like_published_ones(tiny_en
     xl.set_progress_bar_config(disable=True)
     xl.load_identity_adapter(resolver.resolve(sdxl, "instantid_adapter"))
     assert xl.identity_family == "instantid"
-    with_id = run(xl, identity_embeds=embeds, keypoint_image=condition)
+    with_id = run(xl, identity_embeds=unit(512), keypoint_image=condition)
     assert with_id.shape == (64, 64, 3)
     assert not np.allclose(with_id, run(xl))

@@ -20,6 +20,7 @@ FAMILIES = ("sd15", "sdxl")
 KINDS = ("pipeline", "folder", "file")
 FORMATS = ("diffusers", "safetensors", "torch-bin", "onnx")
 SOURCES = ("hub", "builtin")
+ENCODERS = ("arcface", "sface", "dlib")
 REPO_TYPES = ("model", "space", "dataset")
 
 
@@ -70,6 +71,8 @@ class ModelSet:
     family: str
     components: Mapping[str, Component]
     defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    identity_encoder: str = "arcface"
+    """The recognizer whose embeddings the set's identity adapter was trained on."""
 
     def component(self, name: str) -> Component:
         try:
@@ -144,7 +147,12 @@ def parse_catalog(data: Mapping[str, Any]) -> dict[str, ModelSet]:
             family=family,
             components=MappingProxyType(components),
             defaults=MappingProxyType(dict(raw.get("defaults", {}))),
+            identity_encoder=raw.get("identity_encoder", "arcface"),
         )
+        if sets[set_name].identity_encoder not in ENCODERS:
+            raise ConfigError(
+                f"catalog set {set_name!r}: identity_encoder must be one of {', '.join(ENCODERS)}"
+            )
     return sets
 
 

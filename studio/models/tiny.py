@@ -20,8 +20,9 @@ from studio.models.clip_vocab import build_clip_tokenizer
 
 logger = logging.getLogger(__name__)
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 SEED = 0
+SFACE_DIM = 128  # the tiny FaceID adapter takes the embedded recognizer's embeddings
 TINY_VAE_SCALE = 2  # two VAE blocks: latents are half the image size
 _SCHEDULER_CONFIG = {
     "beta_start": 0.00085,
@@ -150,7 +151,13 @@ def _build_faceid_sd15(out: Path, models_dir: Path) -> None:
     from adapters import write_checkpoint
 
     unet = _tiny_unet(models_dir, "tiny-sd15")
-    write_checkpoint("faceid-sd15", out / "ip-adapter-faceid_sd15.bin", unet=unet, seed=SEED)
+    write_checkpoint(
+        "faceid-sd15",
+        out / "ip-adapter-faceid_sd15.bin",
+        unet=unet,
+        seed=SEED,
+        id_embed_dim=SFACE_DIM,
+    )
 
 
 def _build_instantid(out: Path, models_dir: Path) -> None:

@@ -104,18 +104,18 @@ class Validator:
         unet.eval()
         try:
             pipe = self.pipeline(unet)
-            images = [
-                pipe(
-                    prompt,
-                    negative_prompt=NEGATIVE_PROMPT,
-                    num_inference_steps=self.config.validation_inference_steps,
-                    guidance_scale=GUIDANCE[self.family],
-                    width=self.resolution,
-                    height=self.resolution,
-                    generator=torch.Generator("cpu").manual_seed(self.config.seed + i),
-                ).images[0]
-                for i, prompt in enumerate(self.prompts)
-            ]
+            k = len(self.prompts)
+            images = pipe(
+                self.prompts,
+                negative_prompt=[NEGATIVE_PROMPT] * k,
+                num_inference_steps=self.config.validation_inference_steps,
+                guidance_scale=GUIDANCE[self.family],
+                width=self.resolution,
+                height=self.resolution,
+                generator=[
+                    torch.Generator("cpu").manual_seed(self.config.seed + i) for i in range(k)
+                ],
+            ).images
         finally:
             unet.train(was_training)
             self.models.vae.to("cpu")

@@ -1,0 +1,535 @@
+"""The studio: the one place that composes the stages into ranked portraits.
+
+identity (profile → adapter embeddings, the profile's LoRA) → generation (identity-adapter
+pipeline, optional landmark ControlNet from a pose reference, the LoRA) → later stages (face
+swap, attribute repair: :class:`PortraitStage` objects given to the studio) → scoring (identity
+similarity by a recognizer the adapter was not trained on) → saving (watermarked PNG with
+``parameters``, JSON sidecar, read back by :meth:`Studio.history`).
+
+Pipelines load lazily, once, and are reused; switching model set unloads the previous one.
+Generation holds one lock: one request at a time per studio (one GPU queue).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from studio.errors import StudioError
+from studio.faces.analyzer import FaceAnalyzer, analyzer_from_settings
+from studio.faces.condition import pose_condition
+from studio.faces.encoders import IdentityEmbedding, mean_embedding
+from studio.generate import MAX_IMAGES, MAX_SEED, pipeline_class
+from studio.images import ImageLoadError, load_image
+from studio.models import select_model_set
+from studio.models.catalog import ModelSet
+from studio.models.resolver import ModelResolver
+from studio.outputs import GenerationRecord, save_image
+from studio.profiles.library import ProfileLibrary
+from studio.profiles.types import Profile, ProfileLora
+from studio.scoring import IdentityScore, IdentityScorer
+from studio.settings import Settings
+from studio.styles import StylePreset, get_style, load_styles, user_styles_dir
+from studio.training.run_folder import slug
+
+logger = logging.getLogger(__name__)
+
+PORTRAITS_DIR = "portraits"
+DEFAULT_SUBJECT = "a person"
+SCORING_ENCODERS = ("sface", "dlib")
+"""Recognizers that score likeness, in order of preference; the adapter's own is skipped."""
+ADAPTER_COMPONENTS = {"sd15": "faceid", "sdxl": "instantid_adapter"}
+CONTROL_COMPONENTS = {"sd15": "controlnet_face", "sdxl": "instantid_controlnet"}
+MAX_IDENTITY_SCALE = 1.5
+
+
+@dataclass(frozen=True)
+class PortraitRequest:
+    """What a person asks for. ``prompt`` alone is a free prompt; with ``style`` it is added
+    to the style's. ``{subject}`` in a free prompt marks where the person goes (else first)."""
+
+    profile: str
+    style: str | None = None
+    prompt: str = ""
+    negative_prompt: str = ""
+    pose: str | Path | None = None
+    num_images: int = 1
+    seed: int = 0
+    steps: int | None = None
+    guidance: float | None = None
+    identity_scale: float | None = None
+    use_lora: bool = True
+
+    def validate(self) -> None:
+        """Raise a :class:`StudioError` naming the first unusable field and its range."""
+        if not self.profile.strip():
+            raise StudioError("choose a profile (create one from photos first)")
+        if not self.style and not self.prompt.strip():
+            raise StudioError("choose a style or write a prompt")
+        if not 1 <= self.num_images <= MAX_IMAGES:
+            raise StudioError(
+                f"number of images {self.num_images} is out of range; use 1 to {MAX_IMAGES}"
+            )
+        if not 0 <= self.seed <= MAX_SEED:
+            raise StudioError(f"seed {self.seed} is out of range; use 0 to {MAX_SEED}")
+        if self.steps is not None and not 1 <= self.steps <= 200:
+            raise StudioError(f"steps {self.steps} is out of range; use 1 to 200")
+        if self.guidance is not None and not 0 <= self.guidance <= 30:
+            raise StudioError(f"guidance {self.guidance} is out of range; use 0 to 30")
+        if self.identity_scale is not None and not 0 <= self.identity_scale <= MAX_IDENTITY_SCALE:
+            raise StudioError(
+                f"identity strength {self.identity_scale} is out of range; use 0 "
+                f"to {MAX_IDENTITY_SCALE}"
+            )
+
+
+@dataclass(frozen=True, eq=False)
+class Identity:
+    """A profile made ready for generation and scoring."""
+
+    profile: str
+    encoder: str
+    embeds: torch.Tensor
+    reference: IdentityEmbedding
+    lora: ProfileLora | None
+    subject: str
+    keypoints_photo: Path
+
+
+@dataclass(frozen=True, eq=False)
+class StageContext:
+    """What a later stage knows about the image it edits."""
+
+    identity: Identity
+    request: PortraitRequest
+    seed: int
+
+
+class PortraitStage(Protocol):
+    """A stage between generation and scoring (face swap, attribute repair)."""
+
+    name: str
+
+    def apply(self, image: Image.Image, context: StageContext) -> Image.Image: ...
+
+
+@dataclass(frozen=True)
+class Portrait:
+    """One saved portrait and how much it looks like the person."""
+
+    path: Path
+    seed: int
+    score: IdentityScore
+
+
+@dataclass(frozen=True)
+class PortraitResult:
+    """Portraits, best likeness first, and notes on what the studio decided."""
+
+    portraits: tuple[Portrait, ...]
+    prompt: str
+    scorer: str
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class _Loaded:
+    model_set: ModelSet
+    pipe: Any
+    lora: str | None = None
+    offloaded: bool = False
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    """A saved portrait and its sidecar (the parameters it was made with)."""
+
+    path: Path
+    record: dict[str, Any] = field(hash=False)
+
+
+class Studio:
+    """Profiles, training, styles and portraits on one model set, for the CLI and the web UI."""
+
+    def __init__(
+        self, settings: Settings, models: str = "tiny", *, stages: Sequence[PortraitStage] = ()
+    ) -> None:
+        self.settings = settings
+        self.model_set = select_model_set(models)
+        self.stages = tuple(stages)
+        self.styles: dict[str, StylePreset] = load_styles(user_dir=user_styles_dir(settings))
+        self._loaded: _Loaded | None = None
+        self._analyzers: dict[tuple[str, ...], FaceAnalyzer] = {}
+        self._identity_cache: dict[tuple, torch.Tensor | IdentityEmbedding] = {}
+        self._generate_lock = threading.Lock()
+        self._faces_lock = threading.RLock()
+
+    # Model sets
+
+    def use_models(self, models: str) -> None:
+        """Switch model set; the previous set's pipeline is unloaded at once."""
+        model_set = select_model_set(models)
+        with self._generate_lock:
+            if model_set.name != self.model_set.name:
+                self._unload()
+                self.model_set = model_set
+
+    def _unload(self) -> None:
+        self._loaded = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def pipeline(self):
+        """The model set's identity pipeline, loaded on first use."""
+        if self._loaded is None or self._loaded.model_set.name != self.model_set.name:
+            self._unload()
+            self._loaded = _Loaded(self.model_set, self._load_pipeline(self.model_set))
+        return self._loaded.pipe
+
+    def _load_pipeline(self, model_set: ModelSet):
+        from diffusers import ControlNetModel
+
+        resolver = ModelResolver(self.settings)
+        family, dtype = model_set.family, self.settings.torch_dtype()
+        kwargs: dict[str, Any] = {"torch_dtype": dtype}
+        control = CONTROL_COMPONENTS[family]
+        if control in model_set.components:
+            net = ControlNetModel.from_pretrained(
+                resolver.resolve(model_set, control), torch_dtype=dtype
+            )
+            kwargs["controlnet" if family == "sd15" else "identitynet"] = net
+        if family == "sd15":
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
+        pipe = pipeline_class(family).from_pretrained(resolver.resolve(model_set, "base"), **kwargs)
+        pipe.load_identity_adapter(resolver.resolve(model_set, ADAPTER_COMPONENTS[family]))
+        pipe.set_progress_bar_config(leave=False)
+        return pipe.to(self.settings.torch_device())
+
+    # Faces and profiles
+
+    def analyzer(self, *encoders: str) -> FaceAnalyzer:
+        """A face analyzer with these encoders, built once."""
+        with self._faces_lock:
+            if encoders not in self._analyzers:
+                self._analyzers[encoders] = analyzer_from_settings(self.settings, encoders)
+            return self._analyzers[encoders]
+
+    @contextmanager
+    def library(self) -> Iterator[ProfileLibrary]:
+        """The profile library, opened for this call (a library serves one thread)."""
+        with ProfileLibrary(self.settings.profiles_dir, lambda enc: self.analyzer(*enc)) as lib:
+            yield lib
+
+    def identity(self, profile_name: str, *, use_lora: bool = True) -> Identity:
+        """The profile's adapter embeddings, scoring reference and newest fitting LoRA."""
+        with self.library() as lib:
+            profile = lib.get(profile_name)
+        if not profile.accepted:
+            raise StudioError(
+                f"profile {profile.name!r} has no accepted photo; add photos of the person first"
+            )
+        encoder = self.model_set.identity_encoder
+        embeds = self._photo_embeddings(profile, encoder)
+        scorer = self.scoring_encoder()
+        lora = None
+        if use_lora:
+            fitting = [x for x in profile.loras if x.family == self.model_set.family]
+            lora = fitting[-1] if fitting else None
+        return Identity(
+            profile=profile.name,
+            encoder=encoder,
+            embeds=torch.from_numpy(np.stack([e.vector for e in embeds])),
+            reference=mean_embedding(self._photo_embeddings(profile, scorer)),
+            lora=lora,
+            subject=f"{lora.trigger} {lora.class_word}" if lora else DEFAULT_SUBJECT,
+            keypoints_photo=profile.accepted[0].path,
+        )
+
+    def scoring_encoder(self) -> str:
+        """The likeness judge: a recognizer other than the one the adapter was trained on."""
+        for name in SCORING_ENCODERS:
+            if name == self.model_set.identity_encoder:
+                continue
+            if name == "dlib" and importlib.util.find_spec("dlib") is None:
+                continue
+            return name
+        return SCORING_ENCODERS[0]
+
+    def _photo_embeddings(self, profile: Profile, encoder: str) -> list[IdentityEmbedding]:
+        """Per accepted photo; from the library when it keeps ``encoder``, else computed once."""
+        if encoder in {info.name for info in profile.encoders}:
+            return [photo.embeddings[encoder] for photo in profile.accepted]
+        key = (profile.name, profile.updated, encoder)
+        if key not in self._identity_cache:
+            analyzer = self.analyzer(encoder)
+            found = []
+            for photo in profile.accepted:
+                with self._faces_lock:
+                    faces = analyzer.analyze(load_image(photo.path).rgb)
+                if faces:
+                    found.append(IdentityEmbedding(encoder, faces[0].embeddings[encoder]))
+            if not found:
+                raise StudioError(
+                    f"no face of profile {profile.name!r} could be read by "
+                    f"{encoder}; add clearer photos"
+                )
+            self._identity_cache[key] = found
+        return self._identity_cache[key]
+
+    # Portraits
+
+    def prompt_for(self, request: PortraitRequest, identity: Identity) -> tuple[str, str, dict]:
+        """The prompt, negative prompt and sampler settings for a request."""
+        defaults = dict(self.model_set.defaults)
+        if request.style:
+            style = get_style(self.styles, request.style)
+            prompt = style.render(identity.subject, request.prompt.strip())
+            negative = ", ".join(x for x in (style.negative_prompt, request.negative_prompt) if x)
+            width, height = style.size_for(self.model_set.family)
+            settings = {
+                "steps": style.steps,
+                "guidance": style.guidance,
+                "identity_scale": style.identity_scale,
+            }
+        else:
+            text = request.prompt.strip()
+            prompt = (
+                text.replace("{subject}", identity.subject)
+                if "{subject}" in text
+                else f"{identity.subject}, {text}"
+            )
+            negative = request.negative_prompt
+            width, height = defaults.get("width", 512), defaults.get("height", 512)
+            settings = {
+                "steps": defaults.get("steps", 30),
+                "guidance": defaults.get("guidance", 7),
+                "identity_scale": 1.0,
+            }
+        width, height = _fit(width, height, defaults.get("max_side"))
+        for key in ("steps", "guidance", "identity_scale"):
+            if getattr(request, key) is not None:
+                settings[key] = getattr(request, key)
+        return prompt, negative, {**settings, "width": width, "height": height}
+
+    def generate(self, request: PortraitRequest, out_dir: Path | None = None) -> PortraitResult:
+        """Make ``request.num_images`` portraits, score, save (to ``out_dir``, default the
+        history's folder), and rank them."""
+        request.validate()
+        identity = self.identity(request.profile, use_lora=request.use_lora)
+        prompt, negative, knobs = self.prompt_for(request, identity)
+        notes = []
+        if request.use_lora and identity.lora is None:
+            notes.append(
+                f"profile {identity.profile!r} has no {self.model_set.family} LoRA; "
+                "likeness comes from the identity adapter alone (train one to improve "
+                "it)"
+            )
+        condition = self._condition(request, identity, knobs["width"], knobs["height"])
+        seeds = [request.seed + i for i in range(request.num_images)]
+        with self._generate_lock:
+            pipe = self.pipeline()
+            self._use_lora(identity.lora)
+            call = {
+                "prompt": [prompt] * len(seeds),
+                "negative_prompt": [negative] * len(seeds) if negative else None,
+                "num_inference_steps": knobs["steps"],
+                "guidance_scale": knobs["guidance"],
+                "width": knobs["width"],
+                "height": knobs["height"],
+                "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],
+                "identity_embeds": identity.embeds,
+                "identity_scale": knobs["identity_scale"],
+                **condition,
+            }
+            images, offload_note = self._call(pipe, call)
+            sampler = type(pipe.scheduler).__name__.removesuffix("Scheduler")
+        if offload_note:
+            notes.append(offload_note)
+        scorer = IdentityScorer(self.analyzer(identity.reference.encoder), identity.reference)
+        portraits = []
+        for seed, image in zip(seeds, images, strict=True):
+            context = StageContext(identity, request, seed)
+            for stage in self.stages:
+                image = stage.apply(image, context)
+            with self._faces_lock:
+                score = scorer.score(image)
+            record = GenerationRecord(
+                prompt=prompt,
+                negative_prompt=negative,
+                seed=seed,
+                steps=knobs["steps"],
+                guidance=knobs["guidance"],
+                width=knobs["width"],
+                height=knobs["height"],
+                sampler=sampler,
+                model_set=self.model_set.name,
+            )
+            extra = {
+                "profile": identity.profile,
+                "style": request.style,
+                "user_prompt": request.prompt,
+                "identity_scale": knobs["identity_scale"],
+                "lora": identity.lora.name if identity.lora else None,
+                "pose": str(request.pose) if request.pose else None,
+                "stages": [stage.name for stage in self.stages],
+                "identity": {
+                    "encoder": scorer.encoder,
+                    "similarity": round(score.similarity, 4),
+                    "faces": score.faces,
+                    "same_person": score.same_person,
+                    "threshold": scorer.threshold,
+                },
+            }
+            path = save_image(image, record, out_dir or self.portraits_dir, extra)
+            portraits.append(Portrait(path, seed, score))
+        portraits.sort(key=lambda p: p.score.similarity, reverse=True)
+        return PortraitResult(tuple(portraits), prompt, scorer.encoder, tuple(notes))
+
+    @property
+    def portraits_dir(self) -> Path:
+        return self.settings.output_dir / PORTRAITS_DIR
+
+    def _condition(
+        self, request: PortraitRequest, identity: Identity, width: int, height: int
+    ) -> dict[str, Any]:
+        """The pose condition: the pose reference's face, or (SDXL) the profile's own pose."""
+        family = self.model_set.family
+        source = request.pose or (identity.keypoints_photo if family == "sdxl" else None)
+        if source is None:
+            return {}
+        try:
+            rgb = load_image(source).rgb
+        except ImageLoadError as exc:
+            raise StudioError(f"pose reference: {exc}") from exc
+        with self._faces_lock:
+            faces = self.analyzer(self.scoring_encoder()).analyze(rgb)
+        if not faces:
+            raise StudioError(
+                f"pose reference {Path(str(source)).name}: no face found; use a "
+                "photo with a clearly visible face"
+            )
+        if family == "sdxl":
+            return {
+                "keypoint_image": Image.fromarray(
+                    pose_condition(faces[0], (width, height), kind="kps")
+                )
+            }
+        if faces[0].mesh is None:
+            raise StudioError("pose control needs the face mesh: install the `mesh` extra")
+        return {"control_image": Image.fromarray(pose_condition(faces[0], (width, height)))}
+
+    def _use_lora(self, lora: ProfileLora | None) -> None:
+        loaded = self._loaded
+        wanted = None if lora is None else str(lora.weights)
+        if loaded.lora == wanted:
+            return
+        if loaded.lora is not None:
+            loaded.pipe.unload_lora_weights()
+        if lora is not None:
+            loaded.pipe.load_lora_weights(lora.path, adapter_name="identity")
+        loaded.lora = wanted
+
+    def _call(self, pipe, call: dict[str, Any]) -> tuple[list[Image.Image], str | None]:
+        """Run the pipeline; on GPU out-of-memory free memory, retry once with CPU offload."""
+        try:
+            return pipe(**call).images, None
+        except torch.OutOfMemoryError:
+            if self._loaded.offloaded:
+                raise self._oom() from None
+        logger.warning("GPU out of memory: retrying with model CPU offload")
+        gc.collect()
+        torch.cuda.empty_cache()
+        pipe.enable_model_cpu_offload()
+        self._loaded.offloaded = True
+        try:
+            images = pipe(**call).images
+        except torch.OutOfMemoryError:
+            raise self._oom() from None
+        return images, "the GPU ran out of memory, so models now move to the GPU only while used"
+
+    def _oom(self) -> StudioError:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return StudioError(
+            "the GPU ran out of memory even with CPU offload; make fewer images "
+            "at once, a smaller size, or use a smaller model set"
+        )
+
+    # History and training
+
+    @property
+    def _runs_dir(self) -> Path:
+        return self.settings.output_dir / "loras"
+
+    def training_runs(self, profile: str) -> list[Path]:
+        """The profile's training run folders, oldest first."""
+        pattern = re.compile(re.escape(slug(profile)) + r"-\d{8}-\d{6}")
+        runs = self._runs_dir.glob("*/run.json")
+        return sorted(p.parent for p in runs if pattern.fullmatch(p.parent.name))
+
+    def history(self, limit: int = 100) -> list[HistoryItem]:
+        """Saved portraits, newest first, with their sidecars."""
+        items = []
+        for sidecar in sorted(self.portraits_dir.glob("*.json"), reverse=True):
+            image = sidecar.with_suffix(".png")
+            if not image.exists():
+                continue
+            try:
+                record = json.loads(sidecar.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            items.append(HistoryItem(image, record))
+            if len(items) == limit:
+                break
+        return items
+
+    def train(
+        self,
+        profile: str,
+        *,
+        stop: threading.Event | None = None,
+        on_progress: Callable | None = None,
+        resume: bool = False,
+        **flags: Any,
+    ):
+        """Train (or resume) the profile's LoRA on this model set; registered in the profile."""
+        from studio.training.config import config_from_flags
+        from studio.training.trainer import train
+
+        given = {"profile": profile, "models": self.model_set.name, **flags}
+        if "resolution" not in given and "train_resolution" in self.model_set.defaults:
+            given["resolution"] = self.model_set.defaults["train_resolution"]
+        runs = self.training_runs(profile)
+        if resume:
+            if not runs:
+                raise StudioError(f"profile {profile!r} has no training run to resume")
+            given.update(resume="latest", out=str(runs[-1]))
+        else:
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+            given["out"] = str(self._runs_dir / f"{slug(profile)}-{stamp}")
+        config = config_from_flags(given)
+        return train(config, self.settings, given=given, stop=stop, on_progress=on_progress)
+
+
+def _fit(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """Scale a size down to ``max_side`` (the tiny sets), keeping its shape, multiples of 8."""
+    if not max_side or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(8, int(width * scale) // 8 * 8), max(8, int(height * scale) // 8 * 8)
