@@ -65,6 +65,8 @@ def main(args: argparse.Namespace, settings: Settings | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    if result.weights is None:  # another process of a multi-GPU run: the main one reports
+        return 0
     print(f"LoRA: {result.weights}")
     if result.best_step is not None:
         print(f"best identity similarity {result.best_similarity:.3f} at step {result.best_step}")

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from studio.commands.output import print_entries
 from studio.faces.analyzer import analyzer_from_settings
 from studio.faces.encoders import ENCODERS, IdentityEmbedding
 from studio.faces.types import Face
@@ -69,12 +70,7 @@ def analyze(args: argparse.Namespace, settings: Settings) -> int:
             entry["notes"] = list(loaded.notes)
             entry["faces"] = [face_record(f) for f in analyzer.analyze(loaded.rgb)]
         results.append(entry)
-    if args.json:
-        print(json.dumps(results, indent=2, ensure_ascii=False))
-    else:
-        for entry in results:
-            _print_entry(entry)
-    return 1 if any(e["error"] for e in results) else 0
+    return print_entries(results, args.json, _print_entry)
 
 
 def _print_entry(entry: dict[str, Any]) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from studio import watermark
+from studio.commands.output import print_entries
 from studio.images import ImageLoadError, iter_images, load_image
 from studio.outputs import read_provenance
 from studio.settings import Settings
@@ -52,12 +52,7 @@ def check(path: str) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     results = [check(str(path)) for path in iter_images(args.paths)]
-    if args.json:
-        print(json.dumps(results, indent=2, ensure_ascii=False))
-    else:
-        for entry in results:
-            _print_entry(entry)
-    return 1 if any(e["error"] for e in results) else 0
+    return print_entries(results, args.json, _print_entry)
 
 
 def _print_entry(entry: dict[str, Any]) -> None:

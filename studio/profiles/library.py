@@ -192,28 +192,18 @@ class ProfileLibrary:
                     _listing(f"profile {name!r} was not created: no usable photo", outcomes)
                 )
             target = self.root / dir_name(name)
-            moved = False
-            try:
-                with self._store.transaction():
-                    _check_free(self._store.find_profile(key))
-                    profile_id = self._store.insert_profile(
-                        name=name,
-                        name_key=key,
-                        dir_name=target.name,
-                        created=now,
-                        consent=Consent(given=True, at=now, statement=CONSENT_STATEMENT),
-                        encoders=infos,
-                    )
-                    ids = self._insert(profile_id, staged)
-                    self._record(profile_id, infos, [s.photo for s in staged], ids, verdicts)
-                    if target.exists():  # a crash's leftover: no row refers to it
-                        shutil.rmtree(target)
-                    os.rename(staging, target)
-                    moved = True
-            except BaseException:
-                if moved:
-                    shutil.rmtree(target, ignore_errors=True)
-                raise
+            with self._commit_moving(staging, target):
+                _check_free(self._store.find_profile(key))
+                profile_id = self._store.insert_profile(
+                    name=name,
+                    name_key=key,
+                    dir_name=target.name,
+                    created=now,
+                    consent=Consent(given=True, at=now, statement=CONSENT_STATEMENT),
+                    encoders=infos,
+                )
+                ids = self._insert(profile_id, staged)
+                self._record(profile_id, infos, [s.photo for s in staged], ids, verdicts)
         logger.info("created profile %r in %s", name, target)
         return ProfileChange(self.get(name), outcomes, ())
 
@@ -330,22 +320,11 @@ class ProfileLibrary:
         with _staging(self.root) as staging:
             for file in files:
                 _copy(file, staging / file.name)
-            moved = False
-            try:
-                with self._store.transaction():
-                    current = self._require(row.name)  # not deleted meanwhile
-                    self._check_lora_free(current, lora_name)
-                    self._store.insert_lora(current.id, name_key(lora_name), stored)
-                    self._store.set_updated(current.id, now)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    if target.exists():  # a crash's leftover: no row refers to it
-                        shutil.rmtree(target)
-                    os.rename(staging, target)
-                    moved = True
-            except BaseException:
-                if moved:
-                    shutil.rmtree(target, ignore_errors=True)
-                raise
+            with self._commit_moving(staging, target):
+                current = self._require(row.name)  # not deleted meanwhile
+                self._check_lora_free(current, lora_name)
+                self._store.insert_lora(current.id, name_key(lora_name), stored)
+                self._store.set_updated(current.id, now)
         logger.info("added LoRA %r to profile %r in %s", lora_name, row.name, target)
         return self._lora(row.dir_name, stored)
 
@@ -373,6 +352,27 @@ class ProfileLibrary:
         return row.name
 
     # Internals
+
+    @contextmanager
+    def _commit_moving(self, staging: Path, target: Path) -> Iterator[None]:
+        """One write transaction whose last act renames ``staging`` to ``target``.
+
+        If the commit fails after the rename, the folder is removed again: no folder without
+        its rows, no rows without their folder.
+        """
+        moved = False
+        try:
+            with self._store.transaction():
+                yield
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.exists():  # a crash's leftover: no row refers to it
+                    shutil.rmtree(target)
+                os.rename(staging, target)
+                moved = True
+        except BaseException:
+            if moved:
+                shutil.rmtree(target, ignore_errors=True)
+            raise
 
     def _require(self, name: str) -> ProfileRow:
         row = self._store.find_profile(name_key(normalize_name(name)))

@@ -487,16 +487,19 @@ class Trainer:
         saved = [s for s, _ in list_checkpoints(self.folder.root)]
         if self.step and (not saved or saved[-1] != self.step):
             self.checkpoint()
+        status = "interrupted" if interrupted else "finished"
         weights = profile_lora = None
-        if self.accelerator.is_main_process and not interrupted:
-            weights = self._export()
-        summary = _summary(self, "interrupted" if interrupted else "finished")
-        report, _ = write_report(summary)
-        if weights is not None and self.config.profile:
-            profile_lora = _register(self.folder, self.config, self.settings, self.metadata())
+        report = self.folder.root / "report.json"
+        if self.accelerator.is_main_process:  # the other processes only trained
+            if not interrupted:
+                weights = self._export()
+            report, _ = write_report(_summary(self, status))
+            if weights is not None and self.config.profile:
+                profile_lora = _register(self.folder, self.config, self.settings, self.metadata())
+        self.accelerator.wait_for_everyone()
         return TrainingResult(
             self.folder.root,
-            summary.status,
+            status,
             self.step,
             weights,
             report,
