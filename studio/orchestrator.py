@@ -7,7 +7,8 @@ similarity by a recognizer the adapter was not trained on) → saving (watermark
 ``parameters``, JSON sidecar, read back by :meth:`Studio.history`).
 
 Pipelines load lazily, once, and are reused; switching model set unloads the previous one.
-Generation holds one lock: one request at a time per studio (one GPU queue).
+Generation and training hold one lock: one job on the GPU at a time per studio; a portrait asked
+for while a LoRA trains is refused with a message rather than left waiting for minutes.
 """
 
 from __future__ import annotations
@@ -175,7 +176,8 @@ class Studio:
         self._loaded: _Loaded | None = None
         self._analyzers: dict[tuple[str, ...], FaceAnalyzer] = {}
         self._identity_cache: dict[tuple, torch.Tensor | IdentityEmbedding] = {}
-        self._generate_lock = threading.Lock()
+        self._gpu_lock = threading.Lock()
+        self._training = threading.Event()
         self._faces_lock = threading.RLock()
 
     # Model sets
@@ -183,7 +185,7 @@ class Studio:
     def use_models(self, models: str) -> None:
         """Switch model set; the previous set's pipeline is unloaded at once."""
         model_set = select_model_set(models)
-        with self._generate_lock:
+        with self._gpu_lock:
             if model_set.name != self.model_set.name:
                 self._unload()
                 self.model_set = model_set
@@ -330,6 +332,11 @@ class Studio:
         """Make ``request.num_images`` portraits, score, save (to ``out_dir``, default the
         history's folder), and rank them."""
         request.validate()
+        if self._training.is_set():
+            raise StudioError(
+                "a LoRA is training on this machine; wait until it finishes, or "
+                "cancel it (it can resume later), then generate"
+            )
         identity = self.identity(request.profile, use_lora=request.use_lora)
         prompt, negative, knobs = self.prompt_for(request, identity)
         notes = []
@@ -341,7 +348,7 @@ class Studio:
             )
         condition = self._condition(request, identity, knobs["width"], knobs["height"])
         seeds = [request.seed + i for i in range(request.num_images)]
-        with self._generate_lock:
+        with self._gpu_lock:
             pipe = self.pipeline()
             self._use_lora(identity.lora)
             call = {
@@ -479,7 +486,7 @@ class Studio:
 
     def training_runs(self, profile: str) -> list[Path]:
         """The profile's training run folders, oldest first."""
-        pattern = re.compile(re.escape(slug(profile)) + r"-\d{8}-\d{6}")
+        pattern = re.compile(re.escape(slug(profile)) + r"-\d{8}-\d{6}(-\d+)?")
         runs = self._runs_dir.glob("*/run.json")
         return sorted(p.parent for p in runs if pattern.fullmatch(p.parent.name))
 
@@ -522,9 +529,17 @@ class Studio:
             given.update(resume="latest", out=str(runs[-1]))
         else:
             stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-            given["out"] = str(self._runs_dir / f"{slug(profile)}-{stamp}")
+            out, n = self._runs_dir / f"{slug(profile)}-{stamp}", 1
+            while out.exists():
+                out, n = self._runs_dir / f"{slug(profile)}-{stamp}-{n}", n + 1
+            given["out"] = str(out)
         config = config_from_flags(given)
-        return train(config, self.settings, given=given, stop=stop, on_progress=on_progress)
+        with self._gpu_lock:
+            self._training.set()
+            try:
+                return train(config, self.settings, given=given, stop=stop, on_progress=on_progress)
+            finally:
+                self._training.clear()
 
 
 def _fit(width: int, height: int, max_side: int | None) -> tuple[int, int]:

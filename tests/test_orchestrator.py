@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -185,3 +186,23 @@ def test_portrait_command_prints_ranked_portraits(studio, capsys):
     assert "film-noir" in capsys.readouterr().out
     assert main(["portrait", "--profile", "Ada", "--style", "nope"]) == 1
     assert "unknown style 'nope'" in capsys.readouterr().err
+
+
+def test_a_portrait_asked_for_while_a_lora_trains_is_refused(studio):
+    started, release = threading.Event(), threading.Event()
+
+    def hold(progress):
+        started.set()
+        release.wait(60)
+
+    kwargs = {"steps": 2, "validate_every": 0, "on_progress": hold}
+    trainer = threading.Thread(target=studio.train, args=("Ada",), kwargs=kwargs)
+    trainer.start()
+    try:
+        assert started.wait(120)
+        with pytest.raises(StudioError, match="a LoRA is training"):
+            studio.generate(PortraitRequest("Ada", prompt="a portrait", steps=2))
+    finally:
+        release.set()
+        trainer.join(120)
+    assert studio.generate(PortraitRequest("Ada", prompt="a portrait", steps=2)).portraits
