@@ -100,8 +100,11 @@ def test_tiny_identity_adapters_and_controlnets_load_like_published_ones(tiny_en
     from studio.settings import load_settings
 
     resolver = ModelResolver(load_settings())
+
     def unit(dim):
-        return torch.nn.functional.normalize(torch.randn(2, dim, generator=torch.Generator()), dim=1)
+        return torch.nn.functional.normalize(
+            torch.randn(2, dim, generator=torch.Generator()), dim=1
+        )
 
     condition = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 

@@ -110,7 +110,19 @@ def _import_face_mesh() -> ModuleType:
         from mediapipe.python.solutions import face_mesh
     except ImportError as err:
         raise ImportError(f"{_INSTALL_HINT} (import failed: {err})") from err
+    _drop_kept_traceback()
     return face_mesh
+
+
+def _drop_kept_traceback() -> None:
+    """mediapipe keeps the ImportError of its optional ``sounddevice`` import (``sd_error``),
+    whose traceback holds every frame that was on the stack at first import: whatever large
+    object first built a mesher (a trainer and its models) would never be freed."""
+    audio = sys.modules.get("mediapipe.tasks.python.audio.core.audio_record")
+    error = getattr(audio, "sd_error", None)
+    if isinstance(error, BaseException):
+        error.__traceback__ = None
+        error.__context__ = error.__cause__ = None
 
 
 class FaceMesher:

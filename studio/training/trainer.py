@@ -219,7 +219,9 @@ class Trainer:
                 models, config.rank, config.alpha, text_encoder=config.train_text_encoder
             )
         half = None if self.weight_dtype == torch.float32 else self.weight_dtype
-        for module in (models.unet, *models.text_encoders):
+        # Frozen text encoders stay on the CPU: their embeddings are cached, validation borrows.
+        trained_encoders = models.text_encoders if config.train_text_encoder else []
+        for module in (models.unet, *trained_encoders):
             module.to(accel.device, dtype=half)
         cast_training_params(trained, dtype=torch.float32)
         if config.gradient_checkpointing:

@@ -99,7 +99,11 @@ class Validator:
     def run(self, unet: torch.nn.Module, out_dir: Path, step: int) -> ValidationResult:
         """Generate, save (``out_dir/NN.png``) and score the K validation images."""
         device = next(unet.parameters()).device
-        self.models.vae.to(device)
+        borrowed = [self.models.vae]
+        if not self.config.train_text_encoder:  # frozen encoders wait on the CPU meanwhile
+            borrowed += self.models.text_encoders
+        for module in borrowed:
+            module.to(device)
         was_training = unet.training
         unet.eval()
         try:
@@ -118,7 +122,8 @@ class Validator:
             ).images
         finally:
             unet.train(was_training)
-            self.models.vae.to("cpu")
+            for module in borrowed:
+                module.to("cpu")
         out_dir.mkdir(parents=True, exist_ok=True)
         scores, faces = [], []
         for i, image in enumerate(images):

@@ -120,6 +120,28 @@ def test_importing_mesh_does_not_import_mediapipe():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+LEAK_CHECK = """
+import gc, weakref
+from studio.faces.mesh import FaceMesher
+
+class Trainer:  # whatever builds the first mesher of a process
+    def __init__(self):
+        FaceMesher().close()
+
+trainer = weakref.ref(Trainer())
+gc.collect()
+print("freed" if trainer() is None else "kept")
+"""
+
+
+def test_first_mesher_does_not_keep_its_callers_alive():
+    """mediapipe's first import must not pin the frames (and models) of whoever triggered it."""
+    out = subprocess.run(
+        [sys.executable, "-c", LEAK_CHECK], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "freed"
+
+
 def test_missing_mediapipe_names_the_install_command(monkeypatch):
     for name in ("mediapipe", "mediapipe.python", "mediapipe.python.solutions"):
         monkeypatch.setitem(sys.modules, name, None)  # as if not installed
