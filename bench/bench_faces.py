@@ -1,9 +1,12 @@
 """Face pipeline speed: detect + align + SFace embed per photo, on one CPU core.
 
 Prints, per photo at its native size, the median milliseconds of each stage and its share of
-the total, and side by side the same work done by OpenCV's own YuNet + SFace wrappers at full
-resolution (the reference a user could write in five lines), as a ratio. The ~720p row is a
-fixture portrait placed on a 1280x720 canvas. Issue target: <= 30 ms median for a ~720p photo.
+the total, and side by side, measured interleaved in the same run, two other ways of doing the
+same work, as ratios: this pipeline as it was before it moved YuNet to onnxruntime and loaded
+SFace through ``prepare_for_ort`` ("previous": YuNet on OpenCV's dnn module at <= 640 px, SFace's
+graph as shipped), and OpenCV's own YuNet + SFace wrappers at full resolution (the reference a
+user could write in five lines). The ~720p row is a fixture portrait placed on a 1280x720
+canvas. Issue target: <= 30 ms median for a ~720p photo.
 
     .venv/bin/python bench/bench_faces.py [--repeats 20]
 """
@@ -23,24 +26,28 @@ if hasattr(os, "sched_setaffinity"):
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 
 from studio.faces.align import align_face
-from studio.faces.detect import YuNetDetector, yunet_model_path
+from studio.faces.detect import DETECT_MAX_SIDE, YuNetDetector, _shrink_to, yunet_model_path
 from studio.faces.encoders import SFaceEncoder
 from studio.images import load_image
 
 FACES = Path(__file__).resolve().parents[1] / "tests" / "data" / "faces"
+SFACE_FILE = yunet_model_path().parent / "face_recognition_sface_2021dec_int8bq.onnx"
 TARGET_MS = 30.0
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+def interleaved_medians(fns: dict[str, object], repeats: int) -> dict[str, float]:
+    """Median ms of each function, run round-robin (one warm-up round first)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(repeats + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
 def photos() -> dict[str, np.ndarray]:
@@ -59,11 +66,8 @@ class OpenCVReference:
     """YuNet at full resolution + FaceRecognizerSF.alignCrop + feature, all in OpenCV."""
 
     def __init__(self):
-        models = yunet_model_path().parent
         self.det = cv2.FaceDetectorYN.create(str(yunet_model_path()), "", (320, 320), 0.6)
-        self.rec = cv2.FaceRecognizerSF.create(
-            str(models / "face_recognition_sface_2021dec_int8bq.onnx"), ""
-        )
+        self.rec = cv2.FaceRecognizerSF.create(str(SFACE_FILE), "")
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
@@ -72,39 +76,85 @@ class OpenCVReference:
         return self.rec.feature(self.rec.alignCrop(bgr, faces[0]))
 
 
+class Previous:
+    """The pipeline before: YuNet on OpenCV's dnn at <= 640 px, SFace's graph as shipped."""
+
+    def __init__(self):
+        self.det = cv2.FaceDetectorYN.create(str(yunet_model_path()), "", (320, 320), 0.6, 0.3)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.log_severity_level = 3
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+        self.sface = ort.InferenceSession(str(SFACE_FILE), options)
+        image, *stale = self.sface.get_inputs()
+        self.image = image.name
+        self.feed = {item.name: np.zeros(item.shape, np.float32) for item in stale}
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        small, (sx, sy) = _shrink_to(rgb, DETECT_MAX_SIDE)
+        self.det.setInputSize((small.shape[1], small.shape[0]))
+        _, faces = self.det.detect(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+        kps = (faces[0, 4:14].reshape(5, 2) + 0.5) * (sx, sy) - 0.5
+        crop = align_face(rgb, kps, 112).image
+        blob = crop.transpose(2, 0, 1)[None].astype(np.float32)
+        return self.sface.run(None, {self.image: blob, **self.feed})[0]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     cv2.setNumThreads(1)
-    detector = YuNetDetector()
+    detector = YuNetDetector(intra_op_threads=1)
     encoder = SFaceEncoder(intra_op_threads=1)
+    previous = Previous()
     reference = OpenCVReference()
 
-    print(f"{platform.processor() or platform.machine()}, 1 core, median of {args.repeats}")
-    header = f"{'photo':<12} {'size':>9} {'detect':>8} {'align':>7} {'embed':>7} {'total':>7}"
-    print(f"{header} {'opencv':>7} {'ours/opencv':>12}")
+    print(f"{cpu_name()}, 1 core, median of {args.repeats}, interleaved")
+    print(
+        f"{'photo':<12} {'size':>9} {'detect':>8} {'align':>7} {'embed':>7} {'total':>7} "
+        f"{'previous':>9} {'opencv':>8} {'ours/prev':>10} {'ours/opencv':>12}   "
+        "shares detect/align/embed"
+    )
     totals = {}
     for name, rgb in photos().items():
         det = detector.detect(rgb)[0]
         crop = align_face(rgb, det.kps, 112).image
-        t_det = median_ms(lambda rgb=rgb: detector.detect(rgb), args.repeats)
-        t_align = median_ms(lambda rgb=rgb, k=det.kps: align_face(rgb, k, 112), args.repeats)
-        t_embed = median_ms(lambda c=crop: encoder.encode(c), args.repeats)
 
         def ours(rgb=rgb):
             d = detector.detect(rgb)[0]
-            encoder.encode(align_face(rgb, d.kps, 112).image)
+            return encoder.encode(align_face(rgb, d.kps, 112).image)
 
-        total = median_ms(ours, args.repeats)
-        ref = median_ms(lambda rgb=rgb: reference(rgb), args.repeats)
-        totals[name] = total
-        stages = sum((t_det, t_align, t_embed))
-        shares = "/".join(f"{100 * t / stages:.0f}%" for t in (t_det, t_align, t_embed))
+        t = interleaved_medians(
+            {
+                "detect": lambda rgb=rgb: detector.detect(rgb),
+                "align": lambda rgb=rgb, k=det.kps: align_face(rgb, k, 112),
+                "embed": lambda c=crop: encoder.encode(c),
+                "total": ours,
+                "previous": lambda rgb=rgb: previous(rgb),
+                "opencv": lambda rgb=rgb: reference(rgb),
+            },
+            args.repeats,
+        )
+        totals[name] = t["total"]
+        stages = t["detect"] + t["align"] + t["embed"]
+        shares = "/".join(f"{100 * t[s] / stages:.0f}%" for s in ("detect", "align", "embed"))
         size = f"{rgb.shape[1]}x{rgb.shape[0]}"
         print(
-            f"{name:<12} {size:>9} {t_det:>6.1f}ms {t_align:>5.1f}ms {t_embed:>5.1f}ms "
-            f"{total:>5.1f}ms {ref:>5.1f}ms {total / ref:>11.2f}x   shares {shares}"
+            f"{name:<12} {size:>9} {t['detect']:>6.1f}ms {t['align']:>5.1f}ms "
+            f"{t['embed']:>5.1f}ms {t['total']:>5.1f}ms {t['previous']:>7.1f}ms "
+            f"{t['opencv']:>6.1f}ms {t['total'] / t['previous']:>9.2f}x "
+            f"{t['total'] / t['opencv']:>11.2f}x   {shares}"
         )
     median_all = statistics.median(totals.values())
     print(f"median over photos: {median_all:.1f} ms")

