@@ -147,11 +147,21 @@ class PortraitResult:
     notes: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class _LoraSpec:
+    """A LoRA to have on the pipeline: adapter name, file or folder (or hub repo), strength."""
+
+    adapter: str
+    source: str
+    weight_name: str | None = None
+    scale: float = 1.0
+
+
 @dataclass
 class _Loaded:
     model_set: ModelSet
     pipe: Any
-    lora: str | None = None
+    loras: tuple[_LoraSpec, ...] = ()
     offloaded: bool = False
 
 
@@ -338,6 +348,7 @@ class Studio:
                 "cancel it (it can resume later), then generate"
             )
         identity = self.identity(request.profile, use_lora=request.use_lora)
+        style = get_style(self.styles, request.style) if request.style else None
         prompt, negative, knobs = self.prompt_for(request, identity)
         notes = []
         if request.use_lora and identity.lora is None:
@@ -346,11 +357,12 @@ class Studio:
                 "likeness comes from the identity adapter alone (train one to improve "
                 "it)"
             )
-        condition = self._condition(request, identity, knobs["width"], knobs["height"])
+        pose = request.pose or (style.pose if style else None)
+        condition = self._condition(pose, identity, knobs["width"], knobs["height"])
         seeds = [request.seed + i for i in range(request.num_images)]
         with self._gpu_lock:
             pipe = self.pipeline()
-            self._use_lora(identity.lora)
+            self._use_loras(_lora_specs(identity, style))
             call = {
                 "prompt": [prompt] * len(seeds),
                 "negative_prompt": [negative] * len(seeds) if negative else None,
@@ -392,7 +404,8 @@ class Studio:
                 "user_prompt": request.prompt,
                 "identity_scale": knobs["identity_scale"],
                 "lora": identity.lora.name if identity.lora else None,
-                "pose": str(request.pose) if request.pose else None,
+                "style_lora": style.lora.origin if style and style.lora else None,
+                "pose": str(pose) if pose else None,
                 "stages": [stage.name for stage in self.stages],
                 "identity": {
                     "encoder": scorer.encoder,
@@ -412,11 +425,11 @@ class Studio:
         return self.settings.output_dir / PORTRAITS_DIR
 
     def _condition(
-        self, request: PortraitRequest, identity: Identity, width: int, height: int
+        self, pose: str | Path | None, identity: Identity, width: int, height: int
     ) -> dict[str, Any]:
         """The pose condition: the pose reference's face, or (SDXL) the profile's own pose."""
         family = self.model_set.family
-        source = request.pose or (identity.keypoints_photo if family == "sdxl" else None)
+        source = pose or (identity.keypoints_photo if family == "sdxl" else None)
         if source is None:
             return {}
         try:
@@ -440,16 +453,26 @@ class Studio:
             raise StudioError("pose control needs the face mesh: install the `mesh` extra")
         return {"control_image": Image.fromarray(pose_condition(faces[0], (width, height)))}
 
-    def _use_lora(self, lora: ProfileLora | None) -> None:
+    def _use_loras(self, wanted: tuple[_LoraSpec, ...]) -> None:
+        """Have exactly these LoRAs active (identity and style), reloading only on change."""
         loaded = self._loaded
-        wanted = None if lora is None else str(lora.weights)
-        if loaded.lora == wanted:
+        if loaded.loras == wanted:
             return
-        if loaded.lora is not None:
+        if loaded.loras:
             loaded.pipe.unload_lora_weights()
-        if lora is not None:
-            loaded.pipe.load_lora_weights(lora.path, adapter_name="identity")
-        loaded.lora = wanted
+            loaded.loras = ()
+        for spec in wanted:
+            try:
+                loaded.pipe.load_lora_weights(
+                    spec.source, weight_name=spec.weight_name, adapter_name=spec.adapter
+                )
+            except (OSError, ValueError) as exc:
+                raise StudioError(f"LoRA {spec.source} cannot be loaded: {exc}") from exc
+        if wanted:
+            loaded.pipe.set_adapters(
+                [spec.adapter for spec in wanted], adapter_weights=[spec.scale for spec in wanted]
+            )
+        loaded.loras = wanted
 
     def _call(self, pipe, call: dict[str, Any]) -> tuple[list[Image.Image], str | None]:
         """Run the pipeline; on GPU out-of-memory free memory, retry once with CPU offload."""
@@ -540,6 +563,17 @@ class Studio:
                 return train(config, self.settings, given=given, stop=stop, on_progress=on_progress)
             finally:
                 self._training.clear()
+
+
+def _lora_specs(identity: Identity, style: StylePreset | None) -> tuple[_LoraSpec, ...]:
+    specs = []
+    if identity.lora is not None:
+        specs.append(_LoraSpec("identity", str(identity.lora.path)))
+    if style is not None and style.lora is not None:
+        lora = style.lora
+        source = str(lora.path) if lora.path is not None else lora.repo
+        specs.append(_LoraSpec("style", source, lora.weight_name, lora.scale))
+    return tuple(specs)
 
 
 def _fit(width: int, height: int, max_side: int | None) -> tuple[int, int]:

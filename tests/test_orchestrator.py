@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 
 import numpy as np
@@ -16,6 +17,7 @@ from studio.errors import StudioError
 from studio.orchestrator import PortraitRequest, StageContext, Studio
 from studio.outputs import read_provenance
 from studio.settings import load_settings
+from studio.styles import load_styles
 
 pytestmark = pytest.mark.slow
 
@@ -79,9 +81,9 @@ def test_prompt_places_the_subject_and_the_trained_lora_is_used(studio):
     assert trained.profile_lora and studio.training_runs("Ada") == [trained.run_dir]
     result = studio.generate(PortraitRequest("Ada", style="anime", steps=2))
     assert "ohwx person" in result.prompt and not result.notes
-    assert studio._loaded.lora is not None
+    assert [spec.adapter for spec in studio._loaded.loras] == ["identity"]
     plain = studio.generate(PortraitRequest("Ada", style="anime", steps=2, use_lora=False))
-    assert "ohwx" not in plain.prompt and studio._loaded.lora is None
+    assert "ohwx" not in plain.prompt and studio._loaded.loras == ()
 
 
 def test_pose_reference_and_identity_strength_change_the_image(studio, faces_dir, tmp_path):
@@ -206,3 +208,41 @@ def test_a_portrait_asked_for_while_a_lora_trains_is_refused(studio):
         release.set()
         trainer.join(120)
     assert studio.generate(PortraitRequest("Ada", prompt="a portrait", steps=2)).portraits
+
+
+def test_a_style_file_brings_its_own_lora_and_pose(studio, faces_dir):
+    """Adding a preset is adding a file; its style LoRA stacks on the identity LoRA."""
+    style_lora = studio.train("Ada", steps=2, validate_every=0, lora_name="style").run_dir
+    studio.train("Ada", steps=2, validate_every=0, lora_name="identity")
+    folder = studio.settings.data_dir / "styles"
+    (folder / "poses").mkdir(parents=True)
+    shutil.copy(faces_dir / "impostor_2.jpg", folder / "poses" / "turned.jpg")
+    preset = {
+        "schema": 1,
+        "title": "Mine",
+        "prompt": "a portrait of {subject}, my look",
+        "negative_prompt": "",
+        "steps": 2,
+        "guidance": 5.0,
+        "width": 64,
+        "height": 64,
+        "identity_scale": 1.0,
+        "pose": "turned.jpg",
+        "lora": {"path": str(style_lora / "pytorch_lora_weights.safetensors"), "scale": 0.5},
+    }
+    (folder / "mine.json").write_text(json.dumps(preset))
+    studio.styles = load_styles(user_dir=folder)
+
+    portrait = studio.generate(PortraitRequest("Ada", style="mine")).portraits[0]
+    assert [(s.adapter, s.scale) for s in studio._loaded.loras] == [
+        ("identity", 1.0),
+        ("style", 0.5),
+    ]
+    sidecar = json.loads(portrait.path.with_suffix(".json").read_text())
+    assert sidecar["style_lora"].endswith("pytorch_lora_weights.safetensors")
+    assert sidecar["pose"].endswith("turned.jpg") and "ohwx person" in sidecar["prompt"]
+    without = studio.generate(PortraitRequest("Ada", style="mine", use_lora=False)).portraits[0]
+    assert [s.adapter for s in studio._loaded.loras] == ["style"]
+    assert not np.array_equal(
+        np.asarray(Image.open(portrait.path)), np.asarray(Image.open(without.path))
+    )
