@@ -402,3 +402,14 @@ def test_sdxl_with_text_encoders_prior_preservation_and_min_snr(tiny_env, photos
     for module in (pipe.unet, pipe.text_encoder, pipe.text_encoder_2):
         assert any("lora" in name for name, _ in module.named_parameters())
     assert all(np.isfinite(r["loss"]) for r in _train_log(out))
+
+
+def test_python_m_studio_train_lora_is_the_same_command(tiny_env, photos, capsys):
+    from studio.cli import main as studio
+
+    out = tiny_env / "run"
+    argv = ["train-lora", "--photos", str(photos), "--out", str(out), "--steps", "1"]
+    assert studio([*argv, "--validate-every", "0", *FAST]) == 0
+    assert f"LoRA: {out / 'pytorch_lora_weights.safetensors'}" in capsys.readouterr().out
+    assert studio(["train-lora", "--photos", str(photos), "--prior-preservation"]) == 1
+    assert "--class-images" in capsys.readouterr().err
