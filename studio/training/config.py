@@ -18,7 +18,7 @@ from studio.training.captions import DEFAULT_CLASS_WORD, DEFAULT_TRIGGER, check_
 RESOLUTIONS = {"sd15": 512, "sdxl": 1024}
 """Default training resolution per family: the size each base model was trained at."""
 
-MIXED_PRECISION = ("no", "fp16", "bf16")
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 SCORE_ENCODERS = ("sface", "dlib", "arcface")
 
 RESUMABLE = frozenset(
@@ -58,7 +58,7 @@ class TrainConfig:
     checkpoints_total_limit: int = 3
     resume: str | None = None
     seed: int = 0
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
     snr_gamma: float | None = None
     export_kohya: bool = False
@@ -67,6 +67,15 @@ class TrainConfig:
     @property
     def alpha(self) -> float:
         return float(self.rank if self.lora_alpha is None else self.lora_alpha)
+
+    def precision_on(self, device: str) -> str:
+        """The mixed precision to use on ``device`` (``auto`` picks bf16 where it is fast)."""
+        if self.mixed_precision != "auto":
+            return self.mixed_precision
+        import torch
+
+        cuda = device.startswith("cuda") and torch.cuda.is_available()
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
 
     def resolution_for(self, family: str) -> int:
         return self.resolution or RESOLUTIONS[family]
@@ -159,7 +168,11 @@ def build_parser(prog: str = "python -m studio.train_lora") -> argparse.Argument
     g.add_argument("--prior-loss-weight", type=float, help="weight of the prior loss (default 1)")
     g.add_argument("--snr-gamma", type=float, help="min-SNR loss weighting, e.g. 5.0")
     g.add_argument("--gradient-checkpointing", action="store_true", help="less memory, slower")
-    g.add_argument("--mixed-precision", choices=MIXED_PRECISION, help="fp16/bf16 need a GPU")
+    g.add_argument(
+        "--mixed-precision",
+        choices=MIXED_PRECISION,
+        help="auto (default): bf16 on a GPU that has it, else full precision; fp16 needs a GPU",
+    )
     g.add_argument("--seed", type=int, help=f"makes a run repeatable (default {d.seed})")
     g = p.add_argument_group("validation and checkpoints")
     g.add_argument(

@@ -167,11 +167,11 @@ class Trainer:
         self.folder = RunFolder(
             Path(config.out).expanduser() if config.out else default_run_dir(config, settings)
         )
-        self.accelerator = accel = Accelerator(
-            mixed_precision=config.mixed_precision, cpu=settings.torch_device() == "cpu"
-        )
-        if config.mixed_precision == "fp16" and accel.device.type != "cuda":
-            raise ConfigError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no")
+        device = settings.torch_device()
+        precision = config.precision_on(device)
+        if precision == "fp16" and not device.startswith("cuda"):
+            raise ConfigError("--mixed-precision fp16 needs a CUDA GPU; use bf16, no or auto")
+        self.accelerator = accel = Accelerator(mixed_precision=precision, cpu=device == "cpu")
         analyzer = analyzer_from_settings(settings, encoders=(config.score_encoder,))
         if config.resume:
             if not self.folder.exists():

@@ -413,3 +413,9 @@ def test_python_m_studio_train_lora_is_the_same_command(tiny_env, photos, capsys
     assert f"LoRA: {out / 'pytorch_lora_weights.safetensors'}" in capsys.readouterr().out
     assert studio(["train-lora", "--photos", str(photos), "--prior-preservation"]) == 1
     assert "--class-images" in capsys.readouterr().err
+
+
+def test_fp16_on_the_cpu_is_refused_before_anything_is_written(tiny_env, photos, capsys):
+    out = tiny_env / "run"
+    assert _run(["--photos", str(photos), "--out", str(out), "--mixed-precision", "fp16"]) == 1
+    assert "fp16 needs a CUDA GPU" in capsys.readouterr().err and not out.exists()
