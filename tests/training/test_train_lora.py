@@ -419,3 +419,56 @@ def test_fp16_on_the_cpu_is_refused_before_anything_is_written(tiny_env, photos,
     out = tiny_env / "run"
     assert _run(["--photos", str(photos), "--out", str(out), "--mixed-precision", "fp16"]) == 1
     assert "fp16 needs a CUDA GPU" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_most_similar_checkpoint_is_kept_across_an_interruption(tiny_env, photos, monkeypatch):
+    """Tiny random models never draw a face, so validation scores are scripted here (a model
+    that draws the person cannot exist offline); what is tested is keeping the best LoRA."""
+    from studio.training.validation import ValidationResult, Validator
+
+    scripted = {2: 0.2, 4: 0.5, 6: 0.3, 8: 0.1}
+
+    def run(self, unet, out_dir, step):
+        return ValidationResult(step, [scripted[step]], [1])
+
+    monkeypatch.setattr(Validator, "run", run)
+    out = tiny_env / "run"
+    stop = threading.Event()
+    flags = [
+        "--photos",
+        str(photos),
+        "--out",
+        str(out),
+        "--steps",
+        "8",
+        "--validate-every",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--lr",
+        "1e-2",
+        *FAST,
+    ]
+    given = given_flags(parse_args(flags))
+    first = train(
+        config_from_flags(given),
+        load_settings(),
+        given=given,
+        stop=stop,
+        on_progress=lambda p: p.step == 5 and stop.set(),
+    )
+    assert (first.status, first.best_step) == ("interrupted", 4)
+
+    given = given_flags(parse_args(["--out", str(out), "--resume", "latest"]))
+    result = train(config_from_flags(given), load_settings(), given=given)
+    assert (result.best_step, result.best_similarity) == (4, 0.5)
+    assert sorted(p.name for p in out.glob("best-*")) == ["best-000004"]
+    best = load_file(out / "best-000004/pytorch_lora_weights.safetensors")
+    final = load_file(out / "pytorch_lora_weights.safetensors")
+    last = load_file(out / "checkpoints/checkpoint-000008/pytorch_lora_weights.safetensors")
+    assert all(torch.equal(final[k], best[k]) for k in best)
+    assert not all(torch.equal(final[k], last[k]) for k in last)
+    assert json.loads((out / "lora.json").read_text())["best_step"] == 4
+    report = json.loads((out / "report.json").read_text())
+    assert report["best_step"] == 4
+    assert [p["step"] for p in report["similarities"]] == [2, 4, 6, 8]
