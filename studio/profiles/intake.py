@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +26,7 @@ from studio.faces.analyzer import FaceAnalyzer
 from studio.faces.encoders import IdentityEmbedding, mean_embedding
 from studio.faces.types import Face
 from studio.fileio import atomic_write, atomic_write_bytes
-from studio.images import ImageLoadError, LoadedImage, iter_images, load_image
+from studio.images import ImageLoadError, iter_images, load_image
 from studio.profiles.selection import pick_face
 from studio.profiles.store import StoredPhoto
 from studio.profiles.types import PhotoOutcome
@@ -62,7 +62,7 @@ class AnalysedPhoto:
     """
 
     source: Path
-    image: LoadedImage
+    crop: np.ndarray
     data: bytes
     sha256: str
     face: Face
@@ -71,13 +71,22 @@ class AnalysedPhoto:
     notes: tuple[str, ...]
 
 
+Cropper = Callable[[np.ndarray, Face], np.ndarray]
+"""Makes the crop a caller keeps of a face, from the RGB photo (the photo is not kept)."""
+
+
 @dataclass(frozen=True, eq=False)
 class _Detected:
+    """A photo with faces. Only a group photo keeps its pixels, until its face is chosen; a
+    one-face photo keeps just its crop, so a large batch does not hold every decoded photo."""
+
     source: Path
-    image: LoadedImage
+    notes: tuple[str, ...]
     data: bytes
     sha256: str
     faces: list[Face]
+    rgb: np.ndarray | None
+    crop: np.ndarray | None
 
 
 def write_crop(path: Path, rgb: np.ndarray) -> Path:
@@ -90,6 +99,7 @@ def analyse_photos(
     analyzer: FaceAnalyzer,
     *,
     encoder: str,
+    crop: Cropper,
     known: Mapping[str, str] = MappingProxyType({}),
     reference: Sequence[IdentityEmbedding] = (),
 ) -> list[AnalysedPhoto | PhotoOutcome]:
@@ -99,10 +109,10 @@ def analyse_photos(
     skipped :class:`PhotoOutcome`. ``known`` maps the SHA-256 of photos already kept elsewhere
     to their names (duplicates of them are skipped). In a group photo the face most like the
     mean of ``reference`` (embeddings of ``encoder``) and the batch's usable single-face photos
-    is used.
+    is used. ``crop`` makes each usable face's crop.
     """
     seen: dict[str, Path] = {}
-    detected = [_detect(path, analyzer, known, seen) for path in iter_images(paths)]
+    detected = [_detect(path, analyzer, known, seen, crop) for path in iter_images(paths)]
     singles = [
         IdentityEmbedding(encoder, r.faces[0].embeddings[encoder])
         for r in detected
@@ -110,7 +120,7 @@ def analyse_photos(
     ]
     everyone = [*reference, *singles]
     mean = mean_embedding(everyone) if everyone else None
-    return [r if isinstance(r, PhotoOutcome) else _choose(r, encoder, mean) for r in detected]
+    return [r if isinstance(r, PhotoOutcome) else _choose(r, encoder, mean, crop) for r in detected]
 
 
 def stage_photos(
@@ -131,15 +141,25 @@ def stage_photos(
     """
     (folder / PHOTOS_DIR).mkdir(parents=True, exist_ok=True)
     (folder / CROPS_DIR).mkdir(parents=True, exist_ok=True)
-    results = analyse_photos(paths, analyzer, encoder=encoders[0], known=known, reference=reference)
+    results = analyse_photos(
+        paths,
+        analyzer,
+        encoder=encoders[0],
+        crop=lambda rgb, face: analyzer.crop(rgb, face, CROP_SIZE).image,
+        known=known,
+        reference=reference,
+    )
     return [
-        r if isinstance(r, PhotoOutcome) else _stage(r, analyzer, encoders, folder, added)
-        for r in results
+        r if isinstance(r, PhotoOutcome) else _stage(r, encoders, folder, added) for r in results
     ]
 
 
 def _detect(
-    path: Path, analyzer: FaceAnalyzer, known: Mapping[str, str], seen: dict[str, Path]
+    path: Path,
+    analyzer: FaceAnalyzer,
+    known: Mapping[str, str],
+    seen: dict[str, Path],
+    crop: Cropper,
 ) -> _Detected | PhotoOutcome:
     """Load, hash and detect; a :class:`PhotoOutcome` says why the photo is skipped."""
     try:
@@ -158,22 +178,24 @@ def _detect(
     faces = analyzer.analyze(image.rgb)
     if not faces:
         return _skipped(path, _NO_FACE, notes=image.notes)
-    return _Detected(path, image, data, sha256, faces)
+    if len(faces) == 1:
+        return _Detected(path, image.notes, data, sha256, faces, None, crop(image.rgb, faces[0]))
+    return _Detected(path, image.notes, data, sha256, faces, image.rgb, None)
 
 
 def _choose(
-    detected: _Detected, encoder: str, mean: IdentityEmbedding | None
+    detected: _Detected, encoder: str, mean: IdentityEmbedding | None, crop: Cropper
 ) -> AnalysedPhoto | PhotoOutcome:
     """The face to use (the one like ``mean`` in a group photo), unless its quality is poor."""
     candidates = [IdentityEmbedding(encoder, face.embeddings[encoder]) for face in detected.faces]
     index, note = pick_face(candidates, mean)
     face = detected.faces[index]
-    notes = (*detected.image.notes, *([note] if note else []))
+    notes = (*detected.notes, *([note] if note else []))
     if face.quality is not None and not face.quality.ok:
         return _skipped(detected.source, *face.quality.reasons, notes=notes)
     return AnalysedPhoto(
         source=detected.source,
-        image=detected.image,
+        crop=detected.crop if detected.rgb is None else crop(detected.rgb, face),
         data=detected.data,
         sha256=detected.sha256,
         face=face,
@@ -189,7 +211,6 @@ def _usable(face: Face) -> bool:
 
 def _stage(
     analysed: AnalysedPhoto,
-    analyzer: FaceAnalyzer,
     encoders: Sequence[str],
     folder: Path,
     added: datetime,
@@ -200,10 +221,7 @@ def _stage(
     stored_name = prefix + (suffix if _SAFE_SUFFIX.fullmatch(suffix) else "")
     crop_name = f"{prefix}.png"
     atomic_write_bytes(folder / PHOTOS_DIR / stored_name, analysed.data)
-    write_crop(
-        folder / CROPS_DIR / crop_name,
-        analyzer.crop(analysed.image.rgb, analysed.face, CROP_SIZE).image,
-    )
+    write_crop(folder / CROPS_DIR / crop_name, analysed.crop)
     logger.info(
         "%s: staged as %s (face %d of %d)",
         analysed.source,

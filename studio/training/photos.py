@@ -59,7 +59,12 @@ def select_photos(
         )
     if resolution <= 0:
         raise ValueError(f"resolution must be positive, got {resolution}")
-    results = analyse_photos(paths, analyzer, encoder=encoder)
+    results = analyse_photos(
+        paths,
+        analyzer,
+        encoder=encoder,
+        crop=lambda rgb, face: analyzer.crop(rgb, face, resolution, face_fraction).image,
+    )
     analysed = {i: r for i, r in enumerate(results) if isinstance(r, AnalysedPhoto)}
     verdicts = judge(
         {i: IdentityEmbedding(encoder, r.face.embeddings[encoder]) for i, r in analysed.items()},
@@ -72,7 +77,7 @@ def select_photos(
         if isinstance(result, PhotoOutcome):
             left_out.append(result)
         elif verdicts[i].accepted:
-            used.append(_training_photo(result, analyzer, encoder, resolution, face_fraction))
+            used.append(_training_photo(result, encoder))
         else:
             verdict = verdicts[i]
             logger.info("%s: rejected: %s", result.source, "; ".join(verdict.reasons))
@@ -118,19 +123,12 @@ def read_tags(photo: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(tag for raw in _TAG_SEPARATOR.split(text) if (tag := raw.strip())), ()
 
 
-def _training_photo(
-    photo: AnalysedPhoto,
-    analyzer: FaceAnalyzer,
-    encoder: str,
-    resolution: int,
-    face_fraction: float,
-) -> TrainingPhoto:
+def _training_photo(photo: AnalysedPhoto, encoder: str) -> TrainingPhoto:
     tags, caption_notes = read_tags(photo.source)
-    crop = analyzer.crop(photo.image.rgb, photo.face, resolution, face_fraction).image
     logger.info("%s: used (face %d of %d)", photo.source, photo.face_index + 1, photo.face_count)
     return TrainingPhoto(
         source=photo.source,
-        crop=crop,
+        crop=photo.crop,
         embedding=IdentityEmbedding(encoder, photo.face.embeddings[encoder]),
         tags=tags,
         notes=(*photo.notes, *caption_notes),
