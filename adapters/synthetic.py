@@ -61,6 +61,16 @@ SDXL_UNET = {
     "addition_time_embed_dim": 256,
     "projection_class_embeddings_input_dim": 2816,
 }
+#: The SD1.5 / SDXL VAE (same architecture; SDXL's scaling factor is 0.13025).
+SD15_VAE = {
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+}
 
 ARCFACE_DIM = 512
 CLIP_VIT_H_DIM = 1280

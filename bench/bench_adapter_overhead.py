@@ -23,14 +23,6 @@ from pathlib import Path
 
 import torch
 
-VAE = {
-    "block_out_channels": (128, 256, 512, 512),
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "layers_per_block": 2,
-    "latent_channels": 4,
-}
-
 
 def clip_text(hidden: int, layers: int, heads: int, projection: int | None = None):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -104,13 +96,13 @@ def sd15_pipelines(device: str, dtype: torch.dtype, workdir: Path):
         UNet2DConditionModel,
     )
 
-    from adapters.synthetic import SD15_UNET, write_checkpoint
+    from adapters.synthetic import SD15_UNET, SD15_VAE, write_checkpoint
     from pipelines import PortraitPipeline
 
     torch.manual_seed(0)
     parts = {
         "unet": UNet2DConditionModel(**SD15_UNET),
-        "vae": AutoencoderKL(**VAE),
+        "vae": AutoencoderKL(**SD15_VAE),
         "text_encoder": clip_text(768, 12, 12),
         "tokenizer": tokenizer(),
         "scheduler": EulerDiscreteScheduler(
@@ -146,14 +138,14 @@ def sdxl_pipelines(device: str, dtype: torch.dtype, workdir: Path):
         UNet2DConditionModel,
     )
 
-    from adapters.synthetic import SDXL_UNET, write_checkpoint, write_identitynet
+    from adapters.synthetic import SD15_VAE, SDXL_UNET, write_checkpoint, write_identitynet
     from pipelines import PortraitXLPipeline
 
     torch.manual_seed(0)
     with torch.device(device):
         parts = {
             "unet": UNet2DConditionModel(**SDXL_UNET),
-            "vae": AutoencoderKL(**VAE),
+            "vae": AutoencoderKL(**SD15_VAE),
             "text_encoder": clip_text(768, 12, 12),
             "text_encoder_2": clip_text(1280, 32, 20, projection=1280),
         }

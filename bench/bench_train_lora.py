@@ -38,15 +38,6 @@ import torch
 
 FACES = Path(__file__).resolve().parents[1] / "tests" / "data" / "faces"
 SEED = 0
-VAE = {
-    "block_out_channels": (128, 256, 512, 512),
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "layers_per_block": 2,
-    "latent_channels": 4,
-    "sample_size": 512,
-    "scaling_factor": 0.18215,
-}
 CLIP_L = {  # ViT-L/14's text tower, as in SD1.5
     "hidden_size": 768,
     "intermediate_size": 3072,
@@ -98,13 +89,13 @@ def build_base(folder: Path, device: str) -> None:
     )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from adapters.synthetic import SD15_UNET
+    from adapters.synthetic import SD15_UNET, SD15_VAE
     from studio.models.clip_vocab import build_clip_tokenizer
 
     torch.manual_seed(SEED)
     with torch.device(device):  # random init of ~1 B parameters is much faster on a GPU
         unet = UNet2DConditionModel(**SD15_UNET)
-        vae = AutoencoderKL(**VAE)
+        vae = AutoencoderKL(**SD15_VAE)
         text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_L))
     pipe = StableDiffusionPipeline(
         unet=unet,

@@ -34,7 +34,7 @@ from studio.errors import StudioError
 from studio.faces.analyzer import FaceAnalyzer, analyzer_from_settings
 from studio.faces.condition import pose_condition
 from studio.faces.encoders import IdentityEmbedding, mean_embedding
-from studio.generate import MAX_IMAGES, MAX_SEED, pipeline_class
+from studio.generate import MAX_IMAGES, MAX_SEED, MAX_STEPS, pipeline_class
 from studio.images import ImageLoadError, load_image
 from studio.models import select_model_set
 from studio.models.catalog import ModelSet
@@ -87,8 +87,8 @@ class PortraitRequest:
             )
         if not 0 <= self.seed <= MAX_SEED:
             raise StudioError(f"seed {self.seed} is out of range; use 0 to {MAX_SEED}")
-        if self.steps is not None and not 1 <= self.steps <= 200:
-            raise StudioError(f"steps {self.steps} is out of range; use 1 to 200")
+        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
+            raise StudioError(f"steps {self.steps} is out of range; use 1 to {MAX_STEPS}")
         if self.guidance is not None and not 0 <= self.guidance <= 30:
             raise StudioError(f"guidance {self.guidance} is out of range; use 0 to 30")
         if self.identity_scale is not None and not 0 <= self.identity_scale <= MAX_IDENTITY_SCALE:
@@ -293,8 +293,9 @@ class Studio:
             for photo in profile.accepted:
                 with self._faces_lock:
                     faces = analyzer.analyze(load_image(photo.path).rgb)
-                if faces:
-                    found.append(IdentityEmbedding(encoder, faces[0].embeddings[encoder]))
+                if len(faces) == photo.face_count:  # the face the profile chose, same order
+                    face = faces[photo.face_index]
+                    found.append(IdentityEmbedding(encoder, face.embeddings[encoder]))
             if not found:
                 raise StudioError(
                     f"no face of profile {profile.name!r} could be read by "

@@ -247,6 +247,12 @@ def _stage(
     )
 
 
+def listing(headline: str, outcomes: Sequence[PhotoOutcome]) -> str:
+    """``headline:`` and a line per photo with its reasons, for "no usable photo" errors."""
+    lines = [f"  {o.file}: {'; '.join(o.reasons) or o.status}" for o in outcomes]
+    return "\n".join([f"{headline}:", *lines]) if lines else f"{headline}: no photo found"
+
+
 def _skipped(path: Path, *reasons: str, notes: Sequence[str] = ()) -> PhotoOutcome:
     logger.info("%s: skipped: %s", path, "; ".join(reasons))
     return PhotoOutcome(file=str(path), status="skipped", reasons=reasons, notes=tuple(notes))

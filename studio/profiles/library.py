@@ -46,7 +46,7 @@ from studio.profiles.errors import (
     ProfileNameError,
     ProfileNotFoundError,
 )
-from studio.profiles.intake import CROPS_DIR, PHOTOS_DIR, StagedPhoto, stage_photos
+from studio.profiles.intake import CROPS_DIR, PHOTOS_DIR, StagedPhoto, listing, stage_photos
 from studio.profiles.names import DIR_NAME_PATTERN, dir_name, name_key, normalize_name
 from studio.profiles.selection import Verdict, judge
 from studio.profiles.store import (
@@ -189,7 +189,7 @@ class ProfileLibrary:
             outcomes = _outcomes(results, verdicts)
             if not any(v.accepted for v in verdicts.values()):
                 raise NoUsablePhotosError(
-                    _listing(f"profile {name!r} was not created: no usable photo", outcomes)
+                    listing(f"profile {name!r} was not created: no usable photo", outcomes)
                 )
             target = self.root / dir_name(name)
             with self._commit_moving(staging, target):
@@ -227,7 +227,7 @@ class ProfileLibrary:
             staged = [r for r in results if isinstance(r, StagedPhoto)]
             if not staged:
                 raise NoUsablePhotosError(
-                    _listing(f"nothing was added to profile {row.name!r}", _outcomes(results, {}))
+                    listing(f"nothing was added to profile {row.name!r}", _outcomes(results, {}))
                 )
             everything = [p.photo for p in existing] + [s.photo for s in staged]
             verdicts = _judge(everything, row.encoders)
@@ -633,11 +633,6 @@ def _changed(before: Sequence[PhotoRow], verdicts: dict[str, Verdict]) -> tuple[
         for p in before
         if (verdict := verdicts[p.photo.stored_name]).accepted != p.verdict.accepted
     )
-
-
-def _listing(headline: str, outcomes: Sequence[PhotoOutcome]) -> str:
-    lines = [f"  {o.file}: {'; '.join(o.reasons) or o.status}" for o in outcomes]
-    return "\n".join([f"{headline}:", *lines]) if lines else f"{headline}: no photo found"
 
 
 def _find_photo(profile: str, photos: Sequence[PhotoRow], file: str) -> PhotoRow:

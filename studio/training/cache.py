@@ -126,8 +126,11 @@ def class_images(folder: Path, resolution: int) -> list[np.ndarray]:
 
     from studio.images import ImageLoadError, iter_images, load_image
 
+    folder = folder.expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"--class-images {folder} is not a folder; give a folder of photos")
     images = []
-    for path in iter_images([folder.expanduser()]):
+    for path in iter_images([folder]):
         if len(images) == MAX_CLASS_IMAGES:
             break
         try:

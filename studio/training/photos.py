@@ -17,7 +17,7 @@ from studio.faces.align import HEAD_CROP_FACE_FRACTION
 from studio.faces.analyzer import FaceAnalyzer
 from studio.faces.encoders import IdentityEmbedding
 from studio.profiles.errors import NoUsablePhotosError
-from studio.profiles.intake import AnalysedPhoto, analyse_photos
+from studio.profiles.intake import AnalysedPhoto, analyse_photos, listing
 from studio.profiles.selection import judge
 from studio.profiles.types import PhotoOutcome
 from studio.training.types import PhotoSet, TrainingPhoto
@@ -138,5 +138,4 @@ def _training_photo(photo: AnalysedPhoto, encoder: str) -> TrainingPhoto:
 def _listing(outcomes: list[PhotoOutcome]) -> str:
     if not outcomes:
         return f"no photo found to train on. {_ADVICE}."
-    lines = [f"  {o.file}: {'; '.join(o.reasons) or o.status}" for o in outcomes]
-    return "\n".join(["no usable photo to train on:", *lines, f"{_ADVICE}, then run again."])
+    return f"{listing('no usable photo to train on', outcomes)}\n{_ADVICE}, then run again."

@@ -85,6 +85,8 @@ class RunFolder:
                 f"{self.root} already holds a training run; continue it with --resume latest, "
                 "or start a new one with another --out"
             )
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"--out {self.root} is a file; give a folder for the run")
         if self.root.exists() and any(self.root.iterdir()):
             raise ConfigError(
                 f"--out {self.root} is a folder with other files in it; choose an empty or new "

@@ -8,7 +8,6 @@ so a run resumed from a checkpoint continues exactly as if it had never stopped.
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from studio.errors import ConfigError
 from studio.faces.analyzer import FaceAnalyzer, analyzer_from_settings
 from studio.faces.encoders import mean_embedding
+from studio.fileio import atomic_write_bytes
 from studio.models import select_model_set
 from studio.outputs import versions
 from studio.settings import Settings
@@ -39,7 +39,13 @@ from studio.training.checkpoint import (
     save_checkpoint,
 )
 from studio.training.config import TrainConfig, check
-from studio.training.export import export_kohya, load_lora, save_lora
+from studio.training.export import (
+    METADATA_NAME,
+    WEIGHTS_NAME,
+    export_kohya,
+    load_lora,
+    save_lora,
+)
 from studio.training.model import add_lora, load_models, lora_parameters
 from studio.training.photos import select_photos
 from studio.training.report import TrainingSummary, write_report
@@ -50,8 +56,6 @@ from studio.training.validation import Validator
 logger = logging.getLogger(__name__)
 
 MAX_GRAD_NORM = 1.0
-WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
-METADATA_FILE = "lora.json"
 _STEP_DRAWS, _EPOCH_ORDER = 0, 1  # separate random streams of step_generator
 
 
@@ -182,13 +186,19 @@ class Trainer:
             check(config)
         else:
             self.folder.check_new()
+        class_images = None
+        if config.prior_preservation:  # read before a new run's folder is written
+            family = select_model_set(config.models).family
+            resolution = config.resolution_for(family)
+            class_images = caching.class_images(Path(config.class_images), resolution)
+        if not config.resume:
             if accel.is_main_process:
                 _new_run(self.folder, config, settings, analyzer)
             accel.wait_for_everyone()
         self.config = config
         self.record = self.folder.read()
         self._setup_models()
-        self._cache_inputs()
+        self._cache_inputs(class_images)
         self.step, self.best_step, self.best_similarity, self.elapsed_before = 0, None, None, 0.0
         if config.resume:
             self._resume()
@@ -242,7 +252,7 @@ class Trainer:
             models.text_encoders = [accel.prepare(e) for e in models.text_encoders]
         self.models = models
 
-    def _cache_inputs(self) -> None:
+    def _cache_inputs(self, class_images: list[np.ndarray] | None) -> None:
         """Latents of every jittered crop (and class image), embeddings of every caption."""
         config, models, device = self.config, self.models, self.accelerator.device
         crops = self.folder.crops()
@@ -255,9 +265,8 @@ class Trainer:
         self.latents = caching.encode_latents(models.vae, jittered, device)
         prompts = [caption(config.trigger, config.class_word, tags) for tags in self.record.tags]
         self.class_latents = None
-        if config.prior_preservation:
-            images = caching.class_images(Path(config.class_images), self.record.resolution)
-            self.class_latents = caching.encode_latents(models.vae, images, device)
+        if class_images is not None:
+            self.class_latents = caching.encode_latents(models.vae, class_images, device)
             prompts.append(f"a photo of a {config.class_word}")
         self.text = caching.encode_prompts(
             models.tokenizers,
@@ -495,7 +504,7 @@ class Trainer:
         if self.accelerator.is_main_process:  # the other processes only trained
             if not interrupted:
                 weights = self._export()
-            report, _ = write_report(_summary(self, status))
+            report, _ = write_report(self._summary(status))
             if weights is not None and self.config.profile:
                 profile_lora = _register(self.folder, self.config, self.settings, self.metadata())
         self.accelerator.wait_for_everyone()
@@ -510,15 +519,49 @@ class Trainer:
             profile_lora,
         )
 
+    def _summary(self, status: str) -> TrainingSummary:
+        """What the report says about the run so far."""
+        folder, config, record = self.folder, self.config, self.record
+        losses, similarities = [], []
+        for r in folder.records():
+            if r["kind"] == "train":
+                losses.append((r["step"], r["loss"]))
+            elif r["kind"] == "validation":
+                similarities.append((r["step"], r["similarity"]))
+        warnings = list(record.warnings)
+        if config.validate_every and self.best_step is None:
+            warnings.append(
+                "no validation image showed a detectable face, so the LoRA of the last "
+                "step is kept rather than the most similar one"
+            )
+        return TrainingSummary(
+            run_dir=folder.root,
+            metadata=self.metadata(),
+            params=config.to_json(),
+            used=record.used,
+            rejected=record.rejected,
+            warnings=tuple(warnings),
+            losses=tuple(losses),
+            similarities=tuple(similarities),
+            best_step=self.best_step,
+            best_similarity=self.best_similarity,
+            started=record.created,
+            duration_s=self._elapsed(),
+            status=status,
+            device=str(self.accelerator.device),
+            versions=versions(),
+            score_encoder=config.score_encoder,
+            score_threshold=self.validator.threshold,
+        )
+
     def _export(self) -> Path:
         """The run's LoRA at its root: the best by identity similarity, else the last step's."""
         root, meta = self.folder.root, self.metadata()
         if self.best_step is not None:
-            for name in (WEIGHTS_FILE, METADATA_FILE):
-                tmp = root / (name + ".tmp")
-                shutil.copyfile(self.folder.best_dir(self.best_step) / name, tmp)
-                tmp.replace(root / name)
-            weights = root / WEIGHTS_FILE
+            best = self.folder.best_dir(self.best_step)
+            for name in (WEIGHTS_NAME, METADATA_NAME):
+                atomic_write_bytes(root / name, (best / name).read_bytes())
+            weights = root / WEIGHTS_NAME
         else:
             unet, encoders = self._unwrapped()
             weights = save_lora(root, unet, encoders, meta)
@@ -540,41 +583,6 @@ def train(
     ``given`` holds the flags the user set on purpose; a resumed run checks them against its own.
     """
     return Trainer(config, settings, given=given).run(stop, on_progress)
-
-
-def _summary(trainer: Trainer, status: str) -> TrainingSummary:
-    folder, config, record = trainer.folder, trainer.config, trainer.record
-    losses, similarities = [], []
-    for r in folder.records():
-        if r["kind"] == "train":
-            losses.append((r["step"], r["loss"]))
-        elif r["kind"] == "validation":
-            similarities.append((r["step"], r["similarity"]))
-    warnings = list(record.warnings)
-    if config.validate_every and trainer.best_step is None:
-        warnings.append(
-            "no validation image showed a detectable face, so the LoRA of the last "
-            "step is kept rather than the most similar one"
-        )
-    return TrainingSummary(
-        run_dir=folder.root,
-        metadata=trainer.metadata(),
-        params=config.to_json(),
-        used=record.used,
-        rejected=record.rejected,
-        warnings=tuple(warnings),
-        losses=tuple(losses),
-        similarities=tuple(similarities),
-        best_step=trainer.best_step,
-        best_similarity=trainer.best_similarity,
-        started=record.created,
-        duration_s=trainer._elapsed(),
-        status=status,
-        device=str(trainer.accelerator.device),
-        versions=versions(),
-        score_encoder=config.score_encoder,
-        score_threshold=trainer.validator.threshold,
-    )
 
 
 def _register(folder: RunFolder, config: TrainConfig, settings: Settings, meta) -> str:

@@ -472,3 +472,16 @@ def test_the_most_similar_checkpoint_is_kept_across_an_interruption(tiny_env, ph
     report = json.loads((out / "report.json").read_text())
     assert report["best_step"] == 4
     assert [p["step"] for p in report["similarities"]] == [2, 4, 6, 8]
+
+
+def test_an_unusable_out_or_class_folder_stops_before_anything_is_written(tiny_env, photos, capsys):
+    out = tiny_env / "run"
+    (tiny_env / "a-file").write_text("")
+    assert _run(["--photos", str(photos), "--out", str(tiny_env / "a-file"), *FAST]) == 1
+    assert "is a file; give a folder" in capsys.readouterr().err
+    argv = ["--photos", str(photos), "--out", str(out), "--prior-preservation"]
+    assert _run([*argv, "--class-images", str(tiny_env / "nope"), *FAST]) == 1
+    assert "is not a folder" in capsys.readouterr().err and not out.exists()
+    (tiny_env / "empty").mkdir()
+    assert _run([*argv, "--class-images", str(tiny_env / "empty"), *FAST]) == 1
+    assert "no readable image" in capsys.readouterr().err and not out.exists()
