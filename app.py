@@ -16,8 +16,9 @@ from typing import Any
 import gradio as gr
 
 from studio import webui
+from studio.cli_common import setup_logging
 from studio.errors import StudioError
-from studio.generate import MAX_SEED
+from studio.limits import MAX_IDENTITY_SCALE, MAX_IMAGES, MAX_SEED
 from studio.orchestrator import Studio
 from studio.profiles.library import DATABASE_NAME
 from studio.profiles.types import CONSENT_STATEMENT
@@ -191,7 +192,7 @@ def build_demo(studio: Studio, *, banner: str | None = None) -> gr.Blocks:
                         )
                         identity = gr.Slider(
                             0,
-                            1.5,
+                            MAX_IDENTITY_SCALE,
                             value=style_identity,
                             step=0.05,
                             label="Identity strength",
@@ -199,7 +200,7 @@ def build_demo(studio: Studio, *, banner: str | None = None) -> gr.Blocks:
                         )
                         number = gr.Slider(
                             1,
-                            webui.MAX_IMAGES,
+                            MAX_IMAGES,
                             value=1,
                             step=1,
                             label="Images",
@@ -367,6 +368,7 @@ def launch_options(
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    setup_logging(verbose=False)
     try:
         settings = load_settings()
         models, banner = webui.pick_models(settings, args.models)

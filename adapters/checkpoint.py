@@ -16,7 +16,11 @@ SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
-class UnsafeCheckpointError(ValueError):
+class CheckpointError(ValueError):
+    """A weight file cannot be read: unknown format, truncated or corrupt; the message says why."""
+
+
+class UnsafeCheckpointError(CheckpointError):
     """The file holds pickled objects beyond tensors; loading it could run arbitrary code."""
 
 
@@ -27,11 +31,18 @@ def load_state_dict(path: str | Path, device: str = "cpu") -> dict:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device=device)
+        try:
+            return load_file(str(path), device=device)
+        except SafetensorError as exc:
+            raise CheckpointError(
+                f"checkpoint {path} is not a readable .safetensors file ({exc}); it may be "
+                "truncated: download it again"
+            ) from exc
     if suffix not in TORCH_SUFFIXES:
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint {path}: unknown format {suffix!r}; expected "
             f"{', '.join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)}"
         )
@@ -42,6 +53,11 @@ def load_state_dict(path: str | Path, device: str = "cpu") -> dict:
             f"checkpoint {path} contains pickled Python objects, not just tensors; it was not "
             "loaded because unpickling can run arbitrary code. Use a .safetensors file, or "
             "convert this one in a trusted sandbox."
+        ) from exc
+    except (RuntimeError, EOFError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable torch checkpoint ({exc}); it may be "
+            "truncated: download it again"
         ) from exc
     if not isinstance(data, dict):
         raise UnsafeCheckpointError(

@@ -7,17 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio.errors import StudioError
+from studio.limits import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS, check_range, check_side
 from studio.models.catalog import ModelSet
 from studio.models.resolver import ModelResolver
 from studio.outputs import GenerationRecord, save_image
 from studio.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-MAX_IMAGES = 16
-MAX_STEPS = 200
-MAX_SIDE = 2048
-MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -50,19 +46,15 @@ class GenerationRequest:
         """Raise a :class:`StudioError` naming the first unusable field and its allowed range."""
         if not self.prompt.strip():
             raise StudioError("--prompt is empty; describe the image you want")
-        if not 1 <= self.num_images <= MAX_IMAGES:
-            raise StudioError(f"--n {self.num_images} is out of range; use 1 to {MAX_IMAGES}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise StudioError(f"--seed {self.seed} is out of range; use 0 to {MAX_SEED}")
-        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
-            raise StudioError(f"--steps {self.steps} is out of range; use 1 to {MAX_STEPS}")
-        if self.guidance is not None and not 0 <= self.guidance <= 30:
-            raise StudioError(f"--guidance {self.guidance} is out of range; use 0 to 30")
+        check_range("--n", self.num_images, 1, MAX_IMAGES)
+        check_range("--seed", self.seed, 0, MAX_SEED)
+        if self.steps is not None:
+            check_range("--steps", self.steps, 1, MAX_STEPS)
+        if self.guidance is not None:
+            check_range("--guidance", self.guidance, 0, MAX_GUIDANCE)
         for flag, value in (("--width", self.width), ("--height", self.height)):
-            if value is not None and (value % 8 or not 64 <= value <= MAX_SIDE):
-                raise StudioError(
-                    f"{flag} {value} is unusable; use a multiple of 8 from 64 to {MAX_SIDE}"
-                )
+            if value is not None:
+                check_side(flag, value)
 
 
 def pipeline_class(family: str):

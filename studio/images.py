@@ -29,6 +29,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps
 
+from studio.errors import StudioError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -49,7 +51,7 @@ _WHITE = (255, 255, 255, 255)
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]+")
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(StudioError):
     """A file that cannot become a photo; the message is one line: file, reason, what to do."""
 
 

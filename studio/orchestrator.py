@@ -34,8 +34,16 @@ from studio.errors import StudioError
 from studio.faces.analyzer import FaceAnalyzer, analyzer_from_settings
 from studio.faces.condition import pose_condition
 from studio.faces.encoders import IdentityEmbedding, mean_embedding
-from studio.generate import MAX_IMAGES, MAX_SEED, MAX_STEPS, pipeline_class
+from studio.generate import pipeline_class
 from studio.images import ImageLoadError, load_image
+from studio.limits import (
+    MAX_GUIDANCE,
+    MAX_IDENTITY_SCALE,
+    MAX_IMAGES,
+    MAX_SEED,
+    MAX_STEPS,
+    check_range,
+)
 from studio.models import select_model_set
 from studio.models.catalog import ModelSet
 from studio.models.resolver import ModelResolver
@@ -55,7 +63,6 @@ SCORING_ENCODERS = ("sface", "dlib")
 """Recognizers that score likeness, in order of preference; the adapter's own is skipped."""
 ADAPTER_COMPONENTS = {"sd15": "faceid", "sdxl": "instantid_adapter"}
 CONTROL_COMPONENTS = {"sd15": "controlnet_face", "sdxl": "instantid_controlnet"}
-MAX_IDENTITY_SCALE = 1.5
 
 
 @dataclass(frozen=True)
@@ -81,21 +88,14 @@ class PortraitRequest:
             raise StudioError("choose a profile (create one from photos first)")
         if not self.style and not self.prompt.strip():
             raise StudioError("choose a style or write a prompt")
-        if not 1 <= self.num_images <= MAX_IMAGES:
-            raise StudioError(
-                f"number of images {self.num_images} is out of range; use 1 to {MAX_IMAGES}"
-            )
-        if not 0 <= self.seed <= MAX_SEED:
-            raise StudioError(f"seed {self.seed} is out of range; use 0 to {MAX_SEED}")
-        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
-            raise StudioError(f"steps {self.steps} is out of range; use 1 to {MAX_STEPS}")
-        if self.guidance is not None and not 0 <= self.guidance <= 30:
-            raise StudioError(f"guidance {self.guidance} is out of range; use 0 to 30")
-        if self.identity_scale is not None and not 0 <= self.identity_scale <= MAX_IDENTITY_SCALE:
-            raise StudioError(
-                f"identity strength {self.identity_scale} is out of range; use 0 "
-                f"to {MAX_IDENTITY_SCALE}"
-            )
+        check_range("number of images", self.num_images, 1, MAX_IMAGES)
+        check_range("seed", self.seed, 0, MAX_SEED)
+        if self.steps is not None:
+            check_range("steps", self.steps, 1, MAX_STEPS)
+        if self.guidance is not None:
+            check_range("guidance", self.guidance, 0, MAX_GUIDANCE)
+        if self.identity_scale is not None:
+            check_range("identity strength", self.identity_scale, 0, MAX_IDENTITY_SCALE)
 
 
 @dataclass(frozen=True, eq=False)

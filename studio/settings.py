@@ -2,8 +2,9 @@
 
 Precedence, highest first: command-line flags, environment variables (``STUDIO_DATA_DIR``,
 ``STUDIO_MODELS_DIR``, ``STUDIO_OUTPUT_DIR``, ``STUDIO_DEVICE``, ``STUDIO_DTYPE``,
-``STUDIO_OFFLINE`` / ``HF_HUB_OFFLINE``), the TOML config file (``STUDIO_CONFIG`` or
-``<config dir>/config.toml``), then defaults under the user's data and cache directories.
+``STUDIO_FACES_DEVICE``, ``STUDIO_OFFLINE`` / ``HF_HUB_OFFLINE``), the TOML config file
+(``STUDIO_CONFIG`` or ``<config dir>/config.toml``), then defaults under the user's data and
+cache directories.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ def default_config_path() -> Path:
 
 @dataclass(frozen=True)
 class Settings:
-    """Where the studio keeps its files and what hardware it runs on."""
+    """Where the studio keeps its files and what hardware it runs on.
+
+    ``faces_device`` is where the ONNX face models run; ``auto`` follows ``device``, ``cpu``
+    keeps them off the GPU.
+    """
 
     data_dir: Path
     models_dir: Path
@@ -48,13 +53,15 @@ class Settings:
     dtype: str = "auto"
     offline: bool = False
     weights: Mapping[str, Path] = field(default_factory=dict)
+    faces_device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            raise ConfigError(
-                f"device {self.device!r} is not supported; use one of {', '.join(DEVICES)}"
-                " or cuda:N"
-            )
+        for key in ("device", "faces_device"):
+            value = getattr(self, key)
+            if value not in DEVICES and not value.startswith("cuda:"):
+                raise ConfigError(
+                    f"{key} {value!r} is not supported; use one of {', '.join(DEVICES)} or cuda:N"
+                )
         if self.dtype not in DTYPES:
             raise ConfigError(
                 f"dtype {self.dtype!r} is not supported; use one of {', '.join(DTYPES)}"
@@ -122,6 +129,7 @@ def load_settings(
         ("output_dir", "STUDIO_OUTPUT_DIR"),
         ("device", "STUDIO_DEVICE"),
         ("dtype", "STUDIO_DTYPE"),
+        ("faces_device", "STUDIO_FACES_DEVICE"),
     ):
         if env.get(var):
             values[key] = env[var]
@@ -145,4 +153,5 @@ def load_settings(
         dtype=str(values.get("dtype", "auto")),
         offline=bool(values.get("offline", False)),
         weights=weights,
+        faces_device=str(values.get("faces_device", "auto")),
     )

@@ -14,17 +14,14 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from studio.cli_common import EXIT_INTERRUPTED, ArgumentParser, common_options, run_command
 from studio.errors import StudioError
 from studio.settings import Settings
 from studio.training.config import build_parser, config_from_flags, given_flags
 
-EXIT_INTERRUPTED = 130
 
-
-def parser(prog: str = "python -m studio.train_lora") -> argparse.ArgumentParser:
-    from studio.cli import common_options
-
-    return argparse.ArgumentParser(
+def parser(prog: str = "python -m studio.train_lora") -> ArgumentParser:
+    return ArgumentParser(
         prog=prog,
         parents=[build_parser(prog), common_options()],
         description="Train an identity LoRA from a handful of photos of one person.",
@@ -42,20 +39,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(args: argparse.Namespace, settings: Settings | None = None) -> int:
-    """Train as ``args`` say; returns the process exit code."""
-    from studio.cli import settings_from_args
+def main(args: argparse.Namespace) -> int:
+    """Train as ``args`` say; the process exit code (1, with one line on stderr, on a user
+    error)."""
+    return run_command(train_command, args)
+
+
+def train_command(args: argparse.Namespace, settings: Settings) -> int:
+    """The training command's body; user errors propagate to the caller's error report."""
     from studio.training.trainer import train
 
-    settings = settings or settings_from_args(args)
     given = given_flags(args)
     stop = threading.Event()
     restore = _stop_on_signals(stop)
     try:
         result = train(config_from_flags(given), settings, given=given, stop=stop)
-    except StudioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     finally:
         restore()
     if result.status == "interrupted":
@@ -96,14 +94,5 @@ def _stop_on_signals(stop: threading.Event):
     return restore
 
 
-def run() -> int:
-    args = parse_args()
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    return main(args)
-
-
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(main(parse_args()))

@@ -1,9 +1,10 @@
 """The web UI's handlers: plain functions of a :class:`~studio.orchestrator.Studio`.
 
 Each returns plain data (table rows, image paths with captions, markdown, data frames) that
-``app.py`` wires to Gradio components. User mistakes (a :class:`StudioError` or a
-``ValueError`` from bad input) become ``gr.Error`` with the fix in the text; nothing is
-half-written because the library and the studio write all or nothing.
+``app.py`` wires to Gradio components. User mistakes (the errors
+:func:`~studio.errors.user_error_types` names) become ``gr.Error`` with the fix in the text;
+any other exception is a bug: logged with its traceback, shown as :data:`INTERNAL_ERROR`.
+Nothing is half-written because the library and the studio write all or nothing.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any, NamedTuple
 import gradio as gr
 import pandas as pd
 
-from studio.errors import StudioError
-from studio.generate import MAX_SEED
+from studio.errors import user_error_types
+from studio.limits import MAX_IMAGES, MAX_SEED
 from studio.models import select_model_set
 from studio.models.resolver import ModelResolver
 from studio.orchestrator import PortraitRequest, Studio
@@ -37,7 +38,10 @@ QUEUE_SIZE = 64
 """Requests that may wait in the queue before new ones are turned away."""
 UPLOAD_LIMIT = "25mb"
 """Largest file the server accepts in one upload."""
-MAX_IMAGES = 8
+INTERNAL_ERROR = (
+    "something went wrong in the studio, not in your input; the server log has the details"
+)
+"""What the UI shows for a bug; the traceback goes to the log."""
 HISTORY_LIMIT = 100
 VERDICT_HEADERS = ["file", "accepted", "reasons", "similarity"]
 TINY_TRAINING = {"validate_every": 10, "validation_images": 1, "validation_inference_steps": 2}
@@ -56,14 +60,20 @@ Gallery = list[tuple[str, str]]
 
 @contextmanager
 def user_errors(*uploads: str) -> Iterator[None]:
-    """Show user mistakes as ``gr.Error``; upload folders are cut from the message."""
+    """Show user mistakes as ``gr.Error`` (upload folders cut from the message); log any other
+    exception with its traceback and show :data:`INTERNAL_ERROR`."""
     try:
         yield
-    except (StudioError, ValueError) as exc:
+    except gr.Error:
+        raise
+    except user_error_types() as exc:
         message = str(exc)
         for upload in uploads:
             message = message.replace(upload, Path(upload).name)
         raise gr.Error(message) from exc
+    except Exception as exc:
+        logger.exception("a web UI request failed")
+        raise gr.Error(INTERNAL_ERROR) from exc
 
 
 def pick_models(settings: Settings, requested: str = "auto") -> tuple[str, str | None]:
@@ -237,7 +247,7 @@ def generate(
         steps=int(steps),
         identity_scale=float(identity_scale),
     )
-    with user_errors():
+    with user_errors(*filter(None, [pose])):
         result = studio.generate(request)
     gallery = [
         (str(p.path), _caption(p.score.similarity, p.seed, p.score.faces)) for p in result.portraits
@@ -359,11 +369,11 @@ class TrainingJobs:
                 steps=job.steps,
                 **self.flags,
             )
-        except StudioError as exc:
+        except user_error_types() as exc:
             job.error = str(exc)
-        except Exception as exc:  # a background thread has no caller to raise to
+        except Exception:  # a background thread has no caller to raise to
             logger.exception("training of %r failed", job.profile)
-            job.error = f"training failed: {exc}"
+            job.error = INTERNAL_ERROR
 
     def stop_all(self, timeout: float = 60.0) -> None:
         """Stop every running job and wait (up to ``timeout`` s each) for its checkpoint."""

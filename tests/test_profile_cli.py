@@ -138,9 +138,10 @@ def test_no_usable_photo_lists_every_reason_and_creates_nothing(studio_env, tmp_
     code, out, err = _run(capsys, "create", "A", "--photos", str(folder), "--consent")
 
     assert (code, out) == (1, "")
-    lines = err.splitlines()
-    assert lines[0] == "error: profile 'A' was not created: no usable photo:"
-    assert sorted(Path(line.split(": ")[0].strip()).name for line in lines[1:]) == written
+    headline = "error: profile 'A' was not created: no usable photo: "
+    assert len(err.splitlines()) == 1 and err.startswith(headline)
+    listed = err.removeprefix(headline).split(" | ")
+    assert sorted(Path(item.split(": ")[0]).name for item in listed) == written
     assert _run(capsys, "list")[1].startswith("no profiles yet")
     assert _library_leftovers(studio_env) == []
 

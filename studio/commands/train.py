@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from studio.settings import Settings
+from studio.train_lora import train_command
 from studio.training.config import build_parser
 
 
@@ -15,10 +15,4 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         help="train an identity LoRA from photos",
         description="Train an identity LoRA from a handful of photos of one person.",
     )
-    p.set_defaults(handler=run)
-
-
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    from studio.train_lora import main
-
-    return main(args, settings)
+    p.set_defaults(handler=train_command)

@@ -17,7 +17,8 @@ import numpy as np
 from studio.errors import StudioError
 from studio.faces.align import HEAD_CROP_FACE_FRACTION, align_face
 from studio.faces.detect import FaceDetector, YuNetDetector, create_detector
-from studio.faces.encoders import IdentityEncoder, create_encoder
+from studio.faces.encoders import EncoderUnavailableError, IdentityEncoder, create_encoder
+from studio.faces.onnx_session import available_providers
 from studio.faces.quality import ARCFACE_CROP, DEFAULT_THRESHOLDS, QualityThresholds, assess
 from studio.faces.types import AlignedFace, Detection, Face
 
@@ -112,29 +113,35 @@ def analyzer_from_settings(
 ) -> FaceAnalyzer:
     """An analyzer whose insightface models (ArcFace, SCRFD) come from the model catalog.
 
-    ``detector="auto"`` uses SCRFD when its file is already local, else the bundled YuNet.
+    ``detector="auto"`` uses SCRFD when its file is already local, else the bundled YuNet. The
+    ONNX models run on the providers ``settings.faces_device`` (``auto``: ``settings.device``)
+    asks for, where the installed onnxruntime has them.
     """
     from studio.models.catalog import load_catalog
     from studio.models.resolver import ModelResolver
 
     catalog = load_catalog()
     resolver = ModelResolver(settings)
+    device = settings.device if settings.faces_device == "auto" else settings.faces_device
+    providers = available_providers(device)
     built: list[IdentityEncoder] = []
     for name in encoders:
         if name == "arcface":
             set_name, comp = ARCFACE_COMPONENT
-            built.append(create_encoder(name, model_path=resolver.resolve(catalog[set_name], comp)))
+            path = resolver.resolve(catalog[set_name], comp)
+            built.append(create_encoder(name, model_path=path, providers=providers))
         else:
             try:
-                built.append(create_encoder(name))
-            except (ValueError, RuntimeError) as exc:
+                built.append(create_encoder(name, providers=providers))
+            except (ValueError, EncoderUnavailableError) as exc:  # unknown, or not installed
                 raise StudioError(f"--encoder {name}: {exc}") from exc
     set_name, comp = SCRFD_COMPONENT
     if detector == "auto":
         local = resolver.find_local(catalog[set_name], comp)
-        det = create_detector("scrfd", local) if local else YuNetDetector()
+        det = create_detector("scrfd" if local else "yunet", local, providers=providers)
     elif detector == "scrfd":
-        det = create_detector("scrfd", resolver.resolve(catalog[set_name], comp))
+        path = resolver.resolve(catalog[set_name], comp)
+        det = create_detector("scrfd", path, providers=providers)
     else:
-        det = create_detector(detector)
+        det = create_detector(detector, providers=providers)
     return FaceAnalyzer(built, detector=det)

@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from studio.faces.onnx_rewrite import prepare_for_ort
+from studio.faces.onnx_session import CPU_ONLY, ModelFormatError, Provider, create_session
 from studio.faces.types import NUM_KEYPOINTS, Detection, check_rgb
 
 logger = logging.getLogger(__name__)
@@ -99,10 +99,8 @@ class YuNetDetector:
         top_k: int = YUNET_TOP_K,
         max_side: int = DETECT_MAX_SIDE,
         intra_op_threads: int | None = None,
-        providers: Sequence[str] = ("CPUExecutionProvider",),
+        providers: Sequence[Provider] = CPU_ONLY,
     ) -> None:
-        import onnxruntime
-
         path = Path(model_path) if model_path is not None else yunet_model_path()
         if not path.is_file():
             raise FileNotFoundError(f"YuNet model not found: {path}")
@@ -110,21 +108,21 @@ class YuNetDetector:
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.top_k = top_k
-        options = onnxruntime.SessionOptions()
-        if intra_op_threads is not None:
-            options.intra_op_num_threads = intra_op_threads
-        options.log_severity_level = 3  # errors only
-        # Quantized weights as float convolutions (as for SFace, see studio.faces.encoders):
-        # ORT's int8 kernels took 2.7x as long for a 640 x 384 input.
-        options.add_session_config_entry("session.disable_quant_qdq", "1")
-        self._session = onnxruntime.InferenceSession(
-            prepare_for_ort(path.read_bytes(), free_io_shapes=True),
-            sess_options=options,
-            providers=list(providers),
+        # Quantized weights as float convolutions: ORT's int8 kernels took 2.7x as long for a
+        # 640 x 384 input.
+        self._session = create_session(
+            path,
+            label="YuNet",
+            providers=providers,
+            intra_op_threads=intra_op_threads,
+            quiet=True,
+            float_qdq=True,
+            prepare=True,
+            free_io_shapes=True,
         )
         outputs = {output.name for output in self._session.get_outputs()}
         if not outputs.issuperset(_YUNET_OUTPUTS):
-            raise ValueError(
+            raise ModelFormatError(
                 f"{path} is not a YuNet model: it lacks the outputs "
                 f"{sorted(set(_YUNET_OUTPUTS) - outputs)}"
             )
@@ -218,7 +216,7 @@ class SCRFDDetector:
         input_size: int = SCRFD_INPUT_SIZE,
         score_threshold: float = SCRFD_SCORE_THRESHOLD,
         nms_threshold: float = SCRFD_NMS_THRESHOLD,
-        providers: Sequence[str] = ("CPUExecutionProvider",),
+        providers: Sequence[Provider] = CPU_ONLY,
     ) -> None:
         path = Path(model_path)
         if not path.is_file():
@@ -231,16 +229,14 @@ class SCRFDDetector:
             raise ValueError(
                 f"input_size must be a positive multiple of {max(SCRFD_STRIDES)}, got {input_size}"
             )
-        import onnxruntime
-
         self.input_size = input_size
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
-        self._session = onnxruntime.InferenceSession(str(path), providers=list(providers))
+        self._session = create_session(path, label="SCRFD", providers=providers)
         expected = len(SCRFD_STRIDES) * len(_SCRFD_OUTPUT_WIDTHS)
         outputs = self._session.get_outputs()
         if len(outputs) != expected:
-            raise ValueError(
+            raise ModelFormatError(
                 f"{path} has {len(outputs)} outputs; a 5-keypoint SCRFD model has {expected} "
                 "(score, box and keypoints for strides 8, 16, 32)"
             )
@@ -310,16 +306,22 @@ class SCRFDDetector:
         return np.concatenate(scores), np.concatenate(boxes), np.concatenate(kps)
 
 
-def create_detector(name: str = "yunet", model_path: str | Path | None = None) -> FaceDetector:
-    """Build a detector by name: ``"yunet"`` (bundled) or ``"scrfd"`` (needs ``model_path``)."""
+def create_detector(
+    name: str = "yunet",
+    model_path: str | Path | None = None,
+    *,
+    providers: Sequence[Provider] = CPU_ONLY,
+) -> FaceDetector:
+    """Build a detector by name: ``"yunet"`` (bundled) or ``"scrfd"`` (needs ``model_path``),
+    running on ``providers``."""
     if name == "yunet":
-        return YuNetDetector(model_path)
+        return YuNetDetector(model_path, providers=providers)
     if name == "scrfd":
         if model_path is None:
             raise ValueError(
                 "the SCRFD detector needs model_path (e.g. .../buffalo_l/det_10g.onnx)"
             )
-        return SCRFDDetector(model_path)
+        return SCRFDDetector(model_path, providers=providers)
     raise ValueError(f"unknown face detector {name!r}; choose 'yunet' or 'scrfd'")
 
 

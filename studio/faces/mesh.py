@@ -88,7 +88,7 @@ _INSTALL_HINT = (
 
 @contextlib.contextmanager
 def _native_stderr_silenced() -> Iterator[None]:
-    """Silence what mediapipe's C++ side writes to fd 2 while its graph loads.
+    """Silence what mediapipe writes to fd 2 (and ``sys.stderr``) while its graph loads.
 
     Loading prints a protobuf 6 ``GetPrototype`` complaint that looks like a traceback but is
     harmless; Python exceptions still propagate.
@@ -98,7 +98,8 @@ def _native_stderr_silenced() -> Iterator[None]:
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        yield
+        with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+            yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)

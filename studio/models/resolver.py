@@ -144,11 +144,10 @@ class ModelResolver:
 
     def _unavailable(self, model_set: ModelSet, comp: Component, why: str) -> ModelUnavailableError:
         root = self.local_root(comp)
-        places = "\n".join(f"  {root / p}" for p in comp.repo_paths)
+        places = ", ".join(str(root / p) for p in comp.repo_paths)
         return ModelUnavailableError(
             f"model set {model_set.name!r} needs component {comp.name!r} ({comp.origin}), "
-            f"which is not on this machine ({why}).\n"
-            f"To use it offline, place the file(s) at:\n{places}\n"
-            f"or pass --weights {comp.name}=PATH, or run "
-            f"`python -m studio models fetch {model_set.name}` on a machine with hub access."
+            f"which is not on this machine ({why}); to use it offline, place the file(s) at "
+            f"{places}, or pass --weights {comp.name}=PATH, or run "
+            f"`python -m studio models fetch {model_set.name}` on a machine with hub access"
         )
