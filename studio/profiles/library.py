@@ -306,15 +306,8 @@ class ProfileLibrary:
             name=lora_name,
             dir_name=dir_name(lora_name),
             created=now,
-            trigger=metadata.trigger,
-            class_word=metadata.class_word,
-            family=metadata.family,
-            model_set=metadata.model_set,
-            rank=metadata.rank,
-            steps=metadata.steps,
-            best_step=metadata.best_step,
-            best_similarity=metadata.best_similarity,
             files=tuple(f.name for f in files),
+            **metadata.record_fields(),
         )
         target = self.root / row.dir_name / LORAS_DIR / stored.dir_name
         with _staging(self.root) as staging:
@@ -480,14 +473,7 @@ class ProfileLibrary:
             weights=folder / LORA_WEIGHTS,
             report=folder / LORA_REPORT if LORA_REPORT in lora.files else None,
             created=lora.created,
-            trigger=lora.trigger,
-            class_word=lora.class_word,
-            family=lora.family,
-            model_set=lora.model_set,
-            rank=lora.rank,
-            steps=lora.steps,
-            best_step=lora.best_step,
-            best_similarity=lora.best_similarity,
+            **lora.record_fields(),
         )
 
     def _recover(self) -> None:

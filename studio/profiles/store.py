@@ -17,7 +17,7 @@ import logging
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 
@@ -26,7 +26,7 @@ import numpy as np
 from studio.faces.encoders import IdentityEmbedding
 from studio.profiles.errors import LibraryError
 from studio.profiles.selection import Verdict
-from studio.profiles.types import Consent, EncoderInfo
+from studio.profiles.types import Consent, EncoderInfo, LoraRecord
 
 logger = logging.getLogger(__name__)
 
@@ -155,8 +155,8 @@ class StoredPhoto:
     embeddings: Mapping[str, IdentityEmbedding]
 
 
-@dataclass(frozen=True)
-class StoredLora:
+@dataclass(frozen=True, kw_only=True)
+class StoredLora(LoraRecord):
     """A LoRA registered with a profile: its folder, files and the facts of its training.
 
     ``files`` are the names of the files in the LoRA's folder.
@@ -165,14 +165,6 @@ class StoredLora:
     name: str
     dir_name: str
     created: datetime
-    trigger: str
-    class_word: str
-    family: str
-    model_set: str
-    rank: int
-    steps: int
-    best_step: int | None
-    best_similarity: float | None
     files: tuple[str, ...]
 
 
@@ -346,15 +338,8 @@ class ProfileStore:
                     name=row["name"],
                     dir_name=row["dir_name"],
                     created=datetime.fromisoformat(row["created"]),
-                    trigger=row["trigger"],
-                    class_word=row["class_word"],
-                    family=row["family"],
-                    model_set=row["model_set"],
-                    rank=row["rank"],
-                    steps=row["steps"],
-                    best_step=row["best_step"],
-                    best_similarity=row["best_similarity"],
                     files=tuple(json.loads(row["files"])),
+                    **{f.name: row[f.name] for f in fields(LoraRecord)},  # columns of that name
                 ),
             )
             for row in rows

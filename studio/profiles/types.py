@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from studio.faces.encoders import IdentityEmbedding
 
@@ -59,13 +59,41 @@ class Photo:
     embeddings: Mapping[str, IdentityEmbedding]
 
 
-@dataclass(frozen=True)
-class ProfileLora:
+@dataclass(frozen=True, kw_only=True)
+class LoraRecord:
+    """The facts of a trained identity LoRA, the same wherever it goes: its ``lora.json``
+    (:class:`~studio.training.types.LoraMetadata`), the library's row and the profile's view.
+
+    The prompt that calls up the person is ``"<trigger> <class_word>"``; ``family`` and
+    ``model_set`` say which base it was trained on; ``best_step`` and ``best_similarity`` are
+    the validation step whose images looked most like the person, if validation ran.
+    """
+
+    trigger: str
+    class_word: str
+    family: str
+    model_set: str
+    rank: int
+    steps: int
+    best_step: int | None = None
+    best_similarity: float | None = None
+
+    @property
+    def instance_prompt(self) -> str:
+        """The phrase that calls up the identity, e.g. ``"ohwx person"``."""
+        return f"{self.trigger} {self.class_word}"
+
+    def record_fields(self) -> dict[str, Any]:
+        """The :class:`LoraRecord` fields alone, to build another record type from this one."""
+        return {f.name: getattr(self, f.name) for f in fields(LoraRecord)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfileLora(LoraRecord):
     """A LoRA trained from a profile's photos, kept in the profile's ``loras`` folder.
 
     ``path`` is its folder, ``weights`` the diffusers LoRA file in it and ``report`` the training
-    report's JSON (``None`` when none was kept); ``created`` is when it was added (UTC). The
-    prompt that calls up the person is ``"<trigger> <class_word>"``.
+    report's JSON (``None`` when none was kept); ``created`` is when it was added (UTC).
     """
 
     name: str
@@ -73,14 +101,6 @@ class ProfileLora:
     weights: Path
     report: Path | None
     created: datetime
-    trigger: str
-    class_word: str
-    family: str
-    model_set: str
-    rank: int
-    steps: int
-    best_step: int | None
-    best_similarity: float | None
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from studio.faces.encoders import IdentityEmbedding
-from studio.profiles.types import PhotoOutcome
+from studio.profiles.types import LoraRecord, PhotoOutcome
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,24 +36,11 @@ class PhotoSet:
     warnings: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class LoraMetadata:
+@dataclass(frozen=True, kw_only=True)
+class LoraMetadata(LoraRecord):
     """What a trained LoRA needs to be used well; written as ``lora.json`` beside the weights."""
 
-    trigger: str
-    class_word: str
-    family: str
-    model_set: str
-    rank: int
     alpha: float
     text_encoder: bool
     resolution: int
-    steps: int
-    best_step: int | None = None
-    best_similarity: float | None = None
     score_encoder: str = "sface"
-
-    @property
-    def instance_prompt(self) -> str:
-        """The phrase that calls up the identity, e.g. ``"ohwx person"``."""
-        return f"{self.trigger} {self.class_word}"
