@@ -14,11 +14,14 @@ underscores, with ``.lora_down.weight``, ``.lora_up.weight`` and a 0-d ``.alpha`
 keep diffusers' block names for both families (``down_blocks_1_attentions_0_…``): it is what
 kohya writes for SD 1.x, and diffusers, ComfyUI and A1111 all map it for SDXL, where kohya itself
 writes the original model's ``input_blocks_…``, whose numbering depends on the UNet's config.
-Text encoder paths always start ``text_model_``, as kohya writes them.
+Text encoder paths always start ``text_model_``, as kohya writes them. Its header has sd-scripts'
+``ss_*`` training facts and the two hashes sd-scripts precomputes for WebUIs' LoRA indexes
+(``sshs_model_hash``, ``sshs_legacy_hash``; see :func:`sshs_hashes`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -33,6 +36,7 @@ from safetensors.torch import load_file, save
 
 from studio.errors import StudioError
 from studio.fileio import atomic_write_bytes, atomic_write_text
+from studio.models.catalog import ModelSet
 from studio.training.types import LoraMetadata
 
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -174,8 +178,28 @@ def read_metadata(folder: Path) -> LoraMetadata:
         raise LoraFileError(f"{path} lacks a field ({exc}); train or export it again") from exc
 
 
-def export_kohya(weights: Path, out_file: Path, metadata: LoraMetadata) -> Path:
-    """Write the diffusers-layout ``weights`` as a kohya-ss LoRA file; returns ``out_file``."""
+def base_model_name(model_set: ModelSet) -> str:
+    """The base model as sd-scripts' ``ss_sd_model_name`` names it: a hub repository's id, a
+    local folder's name, or (the tiny sets) the builder's."""
+    base = model_set.component("base")
+    if base.source == "local":
+        return Path(base.path).name
+    return base.repo or base.builder or base.name
+
+
+def export_kohya(
+    weights: Path,
+    out_file: Path,
+    metadata: LoraMetadata,
+    *,
+    base_model: str,
+    num_train_images: int,
+) -> Path:
+    """Write the diffusers-layout ``weights`` as a kohya-ss LoRA file; returns ``out_file``.
+
+    ``base_model`` (see :func:`base_model_name`) and ``num_train_images`` go into the header as
+    ``ss_sd_model_name`` and ``ss_num_train_images``.
+    """
     if metadata.family not in KOHYA_BASE_VERSIONS:
         raise LoraFileError(
             f"no kohya export for model family {metadata.family!r}; "
@@ -202,10 +226,30 @@ def export_kohya(weights: Path, out_file: Path, metadata: LoraMetadata) -> Path:
         out[f"{name}.lora_{match['role']}.weight"] = tensor.contiguous()
         out[f"{name}.alpha"] = torch.tensor(float(metadata.alpha))
     out_file = Path(out_file)
-    return atomic_write_bytes(out_file, save(out, _kohya_header(out_file.stem, metadata)))
+    header = _kohya_header(out_file.stem, metadata, base_model, num_train_images)
+    model_hash, legacy_hash = sshs_hashes(out, header)
+    header.update(sshs_model_hash=model_hash, sshs_legacy_hash=legacy_hash)
+    return atomic_write_bytes(out_file, save(out, header))
 
 
-def _kohya_header(title: str, metadata: LoraMetadata) -> dict[str, str]:
+def sshs_hashes(tensors: dict[str, torch.Tensor], header: dict[str, str]) -> tuple[str, str]:
+    """sd-scripts' ``(sshs_model_hash, sshs_legacy_hash)`` of a LoRA file about to be written.
+
+    Both hash the file as it would be with only the ``ss_*`` keys in its header, so that editing
+    other metadata leaves them valid: the model hash is the SHA-256 of everything after the
+    header (the tensor bytes), the legacy hash the first 8 hex digits of the SHA-256 of the
+    64 KiB at offset 1 MiB (``train_util.precalculate_safetensors_hashes``).
+    """
+    data = save(tensors, {k: v for k, v in header.items() if k.startswith("ss_")})
+    tensors_at = 8 + int.from_bytes(data[:8], "little")
+    model_hash = hashlib.sha256(data[tensors_at:]).hexdigest()
+    legacy_hash = hashlib.sha256(data[0x100000 : 0x100000 + 0x10000]).hexdigest()[:8]
+    return model_hash, legacy_hash
+
+
+def _kohya_header(
+    title: str, metadata: LoraMetadata, base_model: str, num_train_images: int
+) -> dict[str, str]:
     """sd-scripts' ``ss_*`` keys and the SAI model spec's ``modelspec.*`` keys."""
     resolution = metadata.resolution
     return {
@@ -218,6 +262,9 @@ def _kohya_header(title: str, metadata: LoraMetadata) -> dict[str, str]:
         "ss_resolution": f"({resolution}, {resolution})",
         "ss_max_train_steps": str(metadata.steps),
         "ss_output_name": title,
+        "ss_sd_model_name": base_model,
+        "ss_num_train_images": str(num_train_images),
+        "ss_clip_skip": "None",  # sd-scripts writes str(args.clip_skip); the studio never skips
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": MODELSPEC_ARCHITECTURES[metadata.family],
         "modelspec.implementation": "diffusers",

@@ -42,6 +42,7 @@ from studio.training.config import TrainConfig, check
 from studio.training.export import (
     METADATA_NAME,
     WEIGHTS_NAME,
+    base_model_name,
     export_kohya,
     load_lora,
     save_lora,
@@ -566,7 +567,13 @@ class Trainer:
             unet, encoders = self._unwrapped()
             weights = save_lora(root, unet, encoders, meta)
         if self.config.export_kohya:
-            export_kohya(weights, root / f"{slug(self.config.trigger)}_kohya.safetensors", meta)
+            export_kohya(
+                weights,
+                root / f"{slug(self.config.trigger)}_kohya.safetensors",
+                meta,
+                base_model=base_model_name(select_model_set(self.record.model_set)),
+                num_train_images=len(self.record.used),
+            )
         return weights
 
 

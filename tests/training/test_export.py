@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from peft import LoraConfig, inject_adapter_in_model
 from safetensors import safe_open
+from safetensors.torch import load_file, save, save_file
 
 from studio.models.tiny import built_path
 from studio.training.export import (
@@ -34,6 +36,7 @@ FAMILIES = {
 RANK, ALPHA = 4, 8.0  # alpha != rank: a loader that ignores alpha gives other images
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+KOHYA = {"base_model": "tiny-sd15", "num_train_images": 2}
 
 
 def _metadata(family: str, **changes: object) -> LoraMetadata:
@@ -126,7 +129,13 @@ def trained(request, bases, tmp_path_factory) -> Trained:
     encoders = _add_lora(pipe)
     folder = tmp_path_factory.mktemp(f"lora-{family}")
     weights = save_lora(folder, pipe.unet, encoders, _metadata(family))
-    kohya = export_kohya(weights, folder / "kohya" / "ohwx.safetensors", _metadata(family))
+    kohya = export_kohya(
+        weights,
+        folder / "kohya" / "ohwx.safetensors",
+        _metadata(family),
+        base_model=FAMILIES[family][0],
+        num_train_images=3,
+    )
     return Trained(
         family, base_image, _image(pipe), folder, kohya, lora_state_dict(pipe.unet, encoders)
     )
@@ -177,6 +186,46 @@ def test_kohya_names_alphas_and_header(trained):
     assert header["ss_base_model_version"] == {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}[family]
     assert header["ss_output_name"] == header["modelspec.title"] == "ohwx"
     assert header["modelspec.trigger_phrase"] == "ohwx person"
+    assert header["ss_sd_model_name"] == FAMILIES[family][0]
+    assert (header["ss_num_train_images"], header["ss_clip_skip"]) == ("3", "None")
+
+
+def _sd_scripts_hashes(path: Path) -> tuple[str, str]:
+    """sd-scripts' sshs hashes recomputed from the written file: the SHA-256 of the bytes after
+    the header, and of the 64 KiB at 1 MiB of the file saved with its ``ss_*`` header alone."""
+    raw = path.read_bytes()
+    model_hash = hashlib.sha256(raw[8 + int.from_bytes(raw[:8], "little") :]).hexdigest()
+    with safe_open(path, framework="pt") as fh:
+        training = {k: v for k, v in fh.metadata().items() if k.startswith("ss_")}
+    legacy = hashlib.sha256(save(load_file(path), training)[0x100000:0x110000]).hexdigest()[:8]
+    return model_hash, legacy
+
+
+def test_kohya_export_carries_sd_scripts_hashes(trained, tmp_path):
+    with safe_open(trained.kohya, framework="pt") as fh:
+        header = fh.metadata()
+    assert (header["sshs_model_hash"], header["sshs_legacy_hash"]) == _sd_scripts_hashes(
+        trained.kohya
+    )
+    # Past 1 MiB the legacy hash reads tensor bytes, so it tells files apart.
+    key = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.{}.weight"
+    big = tmp_path / "big.safetensors"
+    state = {
+        key.format("down"): torch.randn(RANK, 80_000),
+        key.format("up"): torch.randn(80_000, RANK),
+    }
+    save_file(state, big)
+    kohya = export_kohya(
+        big,
+        tmp_path / "big_kohya.safetensors",
+        _metadata("sd15"),
+        base_model="b",
+        num_train_images=1,
+    )
+    with safe_open(kohya, framework="pt") as fh:
+        header = fh.metadata()
+    assert (header["sshs_model_hash"], header["sshs_legacy_hash"]) == _sd_scripts_hashes(kohya)
+    assert header["sshs_legacy_hash"] != hashlib.sha256(b"").hexdigest()[:8]
 
 
 def test_load_lora_restores_the_weights_bit_for_bit(trained, bases):
@@ -255,7 +304,7 @@ def test_export_kohya_refuses_metadata_that_does_not_fit(trained, tmp_path):
     weights = trained.folder / WEIGHTS_NAME
     family = trained.family
     with pytest.raises(LoraFileError, match="rank 4, but its metadata says 8"):
-        export_kohya(weights, tmp_path / "x.safetensors", _metadata(family, rank=8))
+        export_kohya(weights, tmp_path / "x.safetensors", _metadata(family, rank=8), **KOHYA)
     with pytest.raises(LoraFileError, match="no kohya export for model family 'flux'"):
-        export_kohya(weights, tmp_path / "x.safetensors", _metadata("flux"))
+        export_kohya(weights, tmp_path / "x.safetensors", _metadata("flux"), **KOHYA)
     assert not (tmp_path / "x.safetensors").exists()
