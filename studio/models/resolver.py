@@ -144,10 +144,13 @@ class ModelResolver:
 
     def _unavailable(self, model_set: ModelSet, comp: Component, why: str) -> ModelUnavailableError:
         root = self.local_root(comp)
-        places = ", ".join(str(root / p) for p in comp.repo_paths)
+        if len(comp.repo_paths) > 2:
+            places = f"the repository's {len(comp.repo_paths)} files under {root}"
+        else:
+            places = " and ".join(str(root / p) for p in comp.repo_paths)
         return ModelUnavailableError(
             f"model set {model_set.name!r} needs component {comp.name!r} ({comp.origin}), "
-            f"which is not on this machine ({why}); to use it offline, place the file(s) at "
+            f"which is not on this machine ({why}); to use it offline, place "
             f"{places}, or pass --weights {comp.name}=PATH, or run "
             f"`python -m studio models fetch {model_set.name}` on a machine with hub access"
         )
