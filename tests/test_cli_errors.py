@@ -100,7 +100,9 @@ def test_generate_mistakes(tiny_env, capsys, tmp_path):
 
 
 def test_generate_missing_weights_offline(studio_env, capsys):
-    _fails(capsys, ["generate", "--models", "sd15", "--prompt", "x"], "component 'base'", "--weights")
+    _fails(
+        capsys, ["generate", "--models", "sd15", "--prompt", "x"], "component 'base'", "--weights"
+    )
     _fails(
         capsys,
         ["generate", "--models", "sd15", "--prompt", "x", "--weights", "base=/nowhere"],
