@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from studio.cli import main
 
@@ -137,6 +139,9 @@ def test_portrait_mistakes_with_a_profile(tiny_env, faces_dir, capsys, tmp_path,
     bad = tmp_path / "faceid.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     _fails(capsys, [*ada, "--prompt", "x", "--weights", f"faceid={bad}"], "faceid.safetensors")
+    foreign = tmp_path / "lora.safetensors"  # readable, but no identity adapter
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(4, 8)}, foreign)
+    _fails(capsys, [*ada, "--prompt", "x", "--weights", f"faceid={foreign}"], "lora.safetensors")
     pickled = tmp_path / "faceid.bin"
     pickled.write_bytes(b"\x80\x04K\x01.")  # a pickled int, not a state dict
     _fails(capsys, [*ada, "--prompt", "x", "--weights", f"faceid={pickled}"], "faceid.bin")
