@@ -23,7 +23,7 @@ from studio.profiles.library import DATABASE_NAME, ProfileLibrary
 from studio.profiles.names import dir_name, name_key
 from studio.profiles.selection import Verdict
 from studio.profiles.store import MIGRATIONS, SCHEMA_VERSION, ProfileStore, StoredPhoto
-from studio.profiles.types import CONSENT_STATEMENT, Consent, EncoderInfo
+from studio.profiles.types import CONSENT_STATEMENT, Consent, EncoderInfo, LoraRecord
 from studio.training.export import METADATA_NAME, WEIGHTS_NAME
 from studio.training.types import LoraMetadata
 
@@ -289,3 +289,13 @@ def test_profile_show_and_list_name_the_loras(studio_env, faces_dir, tmp_path, c
 
     assert main(["profile", "list"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("(sface)  1 LoRA")
+
+
+def test_one_lora_record_from_training_through_the_database_to_the_profile(library, tmp_path):
+    library.add_lora("Zoë B", _lora_folder(tmp_path / "run"), METADATA, lora_name="one")
+    library.close()
+    with ProfileLibrary(tmp_path / "profiles", lambda encoders: None) as reopened:
+        (lora,) = reopened.get("Zoë B").loras
+    assert isinstance(lora, LoraRecord) and isinstance(METADATA, LoraRecord)
+    assert lora.record_fields() == METADATA.record_fields()
+    assert lora.instance_prompt == METADATA.instance_prompt == "ohwx woman"
