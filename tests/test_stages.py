@@ -14,7 +14,14 @@ from studio.cli import main
 from studio.errors import StudioError
 from studio.orchestrator import PortraitRequest, Studio
 from studio.settings import load_settings
-from studio.stages import STAGES, StageError, StageInput, StageOutput, StageResources
+from studio.stages import (
+    STAGES,
+    StageError,
+    StageInput,
+    StageOutput,
+    StageResources,
+    register_stage,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +96,8 @@ def studio(tiny_env, faces_dir) -> Studio:
 @pytest.fixture
 def draw_box(studio, monkeypatch) -> DrawBox:
     stage = DrawBox(studio)
-    monkeypatch.setitem(STAGES, "draw-box", lambda: stage)
+    monkeypatch.setitem(STAGES, "draw-box", None)  # removed again after the test
+    register_stage("draw-box", lambda: stage)
     return stage
 
 
@@ -173,6 +181,13 @@ def test_a_programming_error_in_a_stage_is_named_too(studio, monkeypatch):
     ):
         studio.generate(request(stages=("broken",)))
     assert not studio.history()
+
+
+@pytest.mark.parametrize("name", ["Swap", "face swap", "../x", ""])
+def test_a_stage_name_must_be_usable_in_file_names(name):
+    with pytest.raises(ValueError, match="lower-case letters, digits"):
+        register_stage(name, FailOn)
+    assert name not in STAGES
 
 
 def test_an_unknown_stage_is_refused_before_anything_runs(studio, draw_box):
