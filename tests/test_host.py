@@ -74,6 +74,22 @@ def test_a_set_catalogued_as_another_family_is_refused(tiny_env, tiny_models_dir
         build_pipeline(wrong, load_settings(), identity=False)
 
 
+class OutOfMemoryOnce:
+    """Stands in for a pipeline call that runs out of GPU memory once (impossible on a CPU)."""
+
+    def __init__(self, pipe):
+        self.pipe, self.failed = pipe, False
+
+    def __call__(self, **call):
+        if not self.failed:
+            self.failed = True
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return self.pipe(**call)
+
+    def enable_model_cpu_offload(self):
+        self.pipe.enable_model_cpu_offload()
+
+
 @pytest.mark.slow
 def test_the_host_builds_once_derives_with_shared_weights_and_unloads(tiny_env, monkeypatch):
     from diffusers import StableDiffusionPipeline
@@ -96,6 +112,17 @@ def test_the_host_builds_once_derives_with_shared_weights_and_unloads(tiny_env, 
         StudioError, match="no derived pipeline 'swap' is registered; known: .*inpaint"
     ):
         host.derived("swap")
+
+    # After an out-of-memory retry, offload hooks follow the pipeline handed out (from_pipe
+    # pipelines share modules, and each needs its own offload order).
+    hooked = []
+    for cls in (type(pipe), type(inpaint)):
+        monkeypatch.setattr(cls, "enable_model_cpu_offload", lambda self: hooked.append(self))
+    images, note = host.run(OutOfMemoryOnce(pipe), prompt="x", num_inference_steps=1)
+    assert host.offloaded and hooked == [pipe] and "ran out of memory" in note and images
+    assert host.derived("inpaint") is inpaint and hooked == [pipe, inpaint]
+    assert host.derived("inpaint") is inpaint and hooked == [pipe, inpaint]
+    assert host.pipeline(tiny) is pipe and hooked == [pipe, inpaint, pipe]
 
     host.unload()
     assert host.model_set is None and host.loras == ()
