@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio.errors import StudioError
+from studio.host import build_pipeline
 from studio.limits import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS, check_range, check_side
 from studio.models.catalog import ModelSet
-from studio.models.resolver import ModelResolver
 from studio.outputs import GenerationRecord, save_image
 from studio.settings import Settings
 
@@ -57,21 +57,9 @@ class GenerationRequest:
                 check_side(flag, value)
 
 
-def pipeline_class(family: str):
-    from pipelines import PortraitPipeline, PortraitXLPipeline
-
-    return {"sd15": PortraitPipeline, "sdxl": PortraitXLPipeline}[family]
-
-
 def load_pipeline(model_set: ModelSet, settings: Settings):
-    """Resolve the set's base component and load it onto the configured device and dtype."""
-    path = ModelResolver(settings).resolve(model_set, "base")
-    kwargs = {"dtype": settings.torch_dtype()}
-    if model_set.family == "sd15":
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
-    pipe = pipeline_class(model_set.family).from_pretrained(path, **kwargs)
-    pipe.set_progress_bar_config(leave=False)
-    return pipe.to(settings.torch_device())
+    """The set's base pipeline (no identity adapter) on the configured device and dtype."""
+    return build_pipeline(model_set, settings, identity=False)
 
 
 def run(pipe, model_set: ModelSet, request: GenerationRequest, out_dir: Path) -> list[Path]:

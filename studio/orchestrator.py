@@ -1,30 +1,32 @@
 """The studio: the one place that composes the stages into ranked portraits.
 
 identity (profile → adapter embeddings, the profile's LoRA) → generation (identity-adapter
-pipeline, optional landmark ControlNet from a pose reference, the LoRA) → later stages (face
-swap, attribute repair: :class:`PortraitStage` objects given to the studio) → scoring (identity
-similarity by a recognizer the adapter was not trained on) → saving (watermarked PNG with
-``parameters``, JSON sidecar, read back by :meth:`Studio.history`).
+pipeline, optional landmark ControlNet from a pose reference, the LoRA) → the request's stages
+(face swap, attribute repair: registered in :mod:`studio.stages`, run under the GPU lock) →
+scoring (identity similarity by a recognizer the adapter was not trained on) → saving
+(watermarked PNG with ``parameters``, JSON sidecar, read back by :meth:`Studio.history`), only
+once every stage succeeded on every image.
 
-Pipelines load lazily, once, and are reused; switching model set unloads the previous one.
+Pipelines live in the :class:`~studio.host.PipelineHost`: they load lazily, once, and are
+reused; switching model set unloads the previous one.
+
 Generation and training hold one lock: one job on the GPU at a time per studio; a portrait asked
 for while a LoRA trains is refused with a message rather than left waiting for minutes.
 """
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +36,7 @@ from studio.errors import StudioError
 from studio.faces.analyzer import FaceAnalyzer, analyzer_from_settings
 from studio.faces.condition import pose_condition
 from studio.faces.encoders import IdentityEmbedding, mean_embedding
-from studio.generate import pipeline_class
+from studio.host import ActiveLora, PipelineHost
 from studio.images import ImageLoadError, load_image
 from studio.limits import (
     MAX_GUIDANCE,
@@ -45,13 +47,21 @@ from studio.limits import (
     check_range,
 )
 from studio.models import select_model_set
-from studio.models.catalog import ModelSet
-from studio.models.resolver import ModelResolver
 from studio.outputs import GenerationRecord, save_image
 from studio.profiles.library import ProfileLibrary
 from studio.profiles.types import Profile, ProfileLora
 from studio.scoring import IdentityScore, IdentityScorer
 from studio.settings import Settings
+from studio.stages import (
+    STAGES,
+    FaceParser,
+    Stage,
+    StageInput,
+    StageRecord,
+    StageResources,
+    check_stage_names,
+    run_stages,
+)
 from studio.styles import StylePreset, get_style, load_styles, user_styles_dir
 from studio.training.run_folder import slug
 
@@ -61,8 +71,6 @@ PORTRAITS_DIR = "portraits"
 DEFAULT_SUBJECT = "a person"
 SCORING_ENCODERS = ("sface", "dlib")
 """Recognizers that score likeness, in order of preference; the adapter's own is skipped."""
-ADAPTER_COMPONENTS = {"sd15": "faceid", "sdxl": "instantid_adapter"}
-CONTROL_COMPONENTS = {"sd15": "controlnet_face", "sdxl": "instantid_controlnet"}
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,8 @@ class PortraitRequest:
     guidance: float | None = None
     identity_scale: float | None = None
     use_lora: bool = True
+    stages: tuple[str, ...] = ()
+    """Registered stages (:mod:`studio.stages`) to run on every image, in this order."""
 
     def validate(self) -> None:
         """Raise a :class:`StudioError` naming the first unusable field and its range."""
@@ -96,6 +106,7 @@ class PortraitRequest:
             check_range("guidance", self.guidance, 0, MAX_GUIDANCE)
         if self.identity_scale is not None:
             check_range("identity strength", self.identity_scale, 0, MAX_IDENTITY_SCALE)
+        check_stage_names(self.stages)
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,23 +120,8 @@ class Identity:
     lora: ProfileLora | None
     subject: str
     keypoints_photo: Path
-
-
-@dataclass(frozen=True, eq=False)
-class StageContext:
-    """What a later stage knows about the image it edits."""
-
-    identity: Identity
-    request: PortraitRequest
-    seed: int
-
-
-class PortraitStage(Protocol):
-    """A stage between generation and scoring (face swap, attribute repair)."""
-
-    name: str
-
-    def apply(self, image: Image.Image, context: StageContext) -> Image.Image: ...
+    encodings: Mapping[str, IdentityEmbedding] = field(default_factory=dict)
+    """The mean embedding of the accepted photos per encoder (the adapter's and the scorer's)."""
 
 
 @dataclass(frozen=True)
@@ -148,24 +144,6 @@ class PortraitResult:
 
 
 @dataclass(frozen=True)
-class _LoraSpec:
-    """A LoRA to have on the pipeline: adapter name, file or folder (or hub repo), strength."""
-
-    adapter: str
-    source: str
-    weight_name: str | None = None
-    scale: float = 1.0
-
-
-@dataclass
-class _Loaded:
-    model_set: ModelSet
-    pipe: Any
-    loras: tuple[_LoraSpec, ...] = ()
-    offloaded: bool = False
-
-
-@dataclass(frozen=True)
 class HistoryItem:
     """A saved portrait and its sidecar (the parameters it was made with)."""
 
@@ -176,14 +154,14 @@ class HistoryItem:
 class Studio:
     """Profiles, training, styles and portraits on one model set, for the CLI and the web UI."""
 
-    def __init__(
-        self, settings: Settings, models: str = "tiny", *, stages: Sequence[PortraitStage] = ()
-    ) -> None:
+    def __init__(self, settings: Settings, models: str = "tiny") -> None:
         self.settings = settings
         self.model_set = select_model_set(models)
-        self.stages = tuple(stages)
+        self.host = PipelineHost(settings)
+        self.face_parser: FaceParser | None = None
+        """The slot a face-parsing model fills for the stages; none is installed yet."""
         self.styles: dict[str, StylePreset] = load_styles(user_dir=user_styles_dir(settings))
-        self._loaded: _Loaded | None = None
+        self._stages: dict[str, Stage] = {}
         self._analyzers: dict[tuple[str, ...], FaceAnalyzer] = {}
         self._identity_cache: dict[tuple, torch.Tensor | IdentityEmbedding] = {}
         self._gpu_lock = threading.Lock()
@@ -197,40 +175,12 @@ class Studio:
         model_set = select_model_set(models)
         with self._gpu_lock:
             if model_set.name != self.model_set.name:
-                self._unload()
+                self.host.unload()
                 self.model_set = model_set
-
-    def _unload(self) -> None:
-        self._loaded = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     def pipeline(self):
         """The model set's identity pipeline, loaded on first use."""
-        if self._loaded is None or self._loaded.model_set.name != self.model_set.name:
-            self._unload()
-            self._loaded = _Loaded(self.model_set, self._load_pipeline(self.model_set))
-        return self._loaded.pipe
-
-    def _load_pipeline(self, model_set: ModelSet):
-        from diffusers import ControlNetModel
-
-        resolver = ModelResolver(self.settings)
-        family, dtype = model_set.family, self.settings.torch_dtype()
-        kwargs: dict[str, Any] = {"torch_dtype": dtype}
-        control = CONTROL_COMPONENTS[family]
-        if control in model_set.components:
-            net = ControlNetModel.from_pretrained(
-                resolver.resolve(model_set, control), torch_dtype=dtype
-            )
-            kwargs["controlnet" if family == "sd15" else "identitynet"] = net
-        if family == "sd15":
-            kwargs.update(safety_checker=None, requires_safety_checker=False)
-        pipe = pipeline_class(family).from_pretrained(resolver.resolve(model_set, "base"), **kwargs)
-        pipe.load_identity_adapter(resolver.resolve(model_set, ADAPTER_COMPONENTS[family]))
-        pipe.set_progress_bar_config(leave=False)
-        return pipe.to(self.settings.torch_device())
+        return self.host.pipeline(self.model_set)
 
     # Faces and profiles
 
@@ -258,6 +208,7 @@ class Studio:
         encoder = self.model_set.identity_encoder
         embeds = self._photo_embeddings(profile, encoder)
         scorer = self.scoring_encoder()
+        reference = mean_embedding(self._photo_embeddings(profile, scorer))
         lora = None
         if use_lora:
             fitting = [x for x in profile.loras if x.family == self.model_set.family]
@@ -266,10 +217,11 @@ class Studio:
             profile=profile.name,
             encoder=encoder,
             embeds=torch.from_numpy(np.stack([e.vector for e in embeds])),
-            reference=mean_embedding(self._photo_embeddings(profile, scorer)),
+            reference=reference,
             lora=lora,
             subject=f"{lora.trigger} {lora.class_word}" if lora else DEFAULT_SUBJECT,
             keypoints_photo=profile.accepted[0].path,
+            encodings={encoder: mean_embedding(embeds), scorer: reference},
         )
 
     def scoring_encoder(self) -> str:
@@ -361,9 +313,11 @@ class Studio:
         pose = request.pose or (style.pose if style else None)
         condition = self._condition(pose, identity, knobs["width"], knobs["height"])
         seeds = [request.seed + i for i in range(request.num_images)]
+        stages = [self._stage(name) for name in request.stages]
+        scorer = IdentityScorer(self.analyzer(identity.reference.encoder), identity.reference)
         with self._gpu_lock:
             pipe = self.pipeline()
-            self._use_loras(_lora_specs(identity, style))
+            self.host.use_loras(_lora_specs(identity, style))
             call = {
                 "prompt": [prompt] * len(seeds),
                 "negative_prompt": [negative] * len(seeds) if negative else None,
@@ -376,16 +330,16 @@ class Studio:
                 "identity_scale": knobs["identity_scale"],
                 **condition,
             }
-            images, offload_note = self._call(pipe, call)
+            images, offload_note = self.host.run(pipe, **call)
             sampler = type(pipe.scheduler).__name__.removesuffix("Scheduler")
+            staged = [
+                self._run_stages(stages, image, identity, request, seed, i, scorer.analyzer)
+                for i, (seed, image) in enumerate(zip(seeds, images, strict=True))
+            ]
         if offload_note:
             notes.append(offload_note)
-        scorer = IdentityScorer(self.analyzer(identity.reference.encoder), identity.reference)
         portraits = []
-        for seed, image in zip(seeds, images, strict=True):
-            context = StageContext(identity, request, seed)
-            for stage in self.stages:
-                image = stage.apply(image, context)
+        for seed, (image, records) in zip(seeds, staged, strict=True):
             with self._faces_lock:
                 score = scorer.score(image)
             record = GenerationRecord(
@@ -407,7 +361,8 @@ class Studio:
                 "lora": identity.lora.name if identity.lora else None,
                 "style_lora": style.lora.origin if style and style.lora else None,
                 "pose": str(pose) if pose else None,
-                "stages": [stage.name for stage in self.stages],
+                "stages": [record.name for record in records],
+                "stage_notes": {record.name: list(record.notes) for record in records},
                 "identity": {
                     "encoder": scorer.encoder,
                     "similarity": round(score.similarity, 4),
@@ -416,10 +371,41 @@ class Studio:
                     "threshold": scorer.threshold,
                 },
             }
-            path = save_image(image, record, out_dir or self.portraits_dir, extra)
+            masks = {f"{r.name}.{name}": mask for r in records for name, mask in r.masks.items()}
+            path = save_image(image, record, out_dir or self.portraits_dir, extra, masks)
             portraits.append(Portrait(path, seed, score))
         portraits.sort(key=lambda p: p.score.similarity, reverse=True)
         return PortraitResult(tuple(portraits), prompt, scorer.encoder, tuple(notes))
+
+    def _stage(self, name: str) -> Stage:
+        """The registered stage ``name``, made once per studio."""
+        if name not in self._stages:
+            self._stages[name] = STAGES[name]()
+        return self._stages[name]
+
+    def _run_stages(
+        self,
+        stages: list[Stage],
+        image: Image.Image,
+        identity: Identity,
+        request: PortraitRequest,
+        seed: int,
+        index: int,
+        analyzer: FaceAnalyzer,
+    ) -> tuple[Image.Image, tuple[StageRecord, ...]]:
+        """Run the request's stages on one image; called with the GPU lock held."""
+        if not stages:
+            return image, ()
+        with self._faces_lock:
+            faces = tuple(analyzer.analyze(np.asarray(image.convert("RGB"))))
+        given = StageInput(image, faces, identity, request, seed, index)
+        resources = StageResources(
+            host=self.host,
+            analyzer=analyzer,
+            face_parser=self.face_parser,
+            generator=torch.Generator("cpu").manual_seed(seed),
+        )
+        return run_stages(stages, given, resources, total=request.num_images)
 
     @property
     def portraits_dir(self) -> Path:
@@ -428,9 +414,10 @@ class Studio:
     def _condition(
         self, pose: str | Path | None, identity: Identity, width: int, height: int
     ) -> dict[str, Any]:
-        """The pose condition: the pose reference's face, or (SDXL) the profile's own pose."""
-        family = self.model_set.family
-        source = pose or (identity.keypoints_photo if family == "sdxl" else None)
+        """The pose condition: the pose reference's face, or the profile's own pose when the
+        family conditions on it (SDXL's IdentityNet)."""
+        family = self.model_set.base_family
+        source = pose or (identity.keypoints_photo if family.pose_from_profile else None)
         if source is None:
             return {}
         try:
@@ -444,63 +431,11 @@ class Studio:
                 f"pose reference {Path(str(source)).name}: no face found; use a "
                 "photo with a clearly visible face"
             )
-        if family == "sdxl":
-            return {
-                "keypoint_image": Image.fromarray(
-                    pose_condition(faces[0], (width, height), kind="kps")
-                )
-            }
-        if faces[0].mesh is None:
-            raise StudioError("pose control needs the face mesh: install the `mesh` extra")
-        return {"control_image": Image.fromarray(pose_condition(faces[0], (width, height)))}
-
-    def _use_loras(self, wanted: tuple[_LoraSpec, ...]) -> None:
-        """Have exactly these LoRAs active (identity and style), reloading only on change."""
-        loaded = self._loaded
-        if loaded.loras == wanted:
-            return
-        if loaded.loras:
-            loaded.pipe.unload_lora_weights()
-            loaded.loras = ()
-        for spec in wanted:
-            try:
-                loaded.pipe.load_lora_weights(
-                    spec.source, weight_name=spec.weight_name, adapter_name=spec.adapter
-                )
-            except (OSError, ValueError) as exc:
-                raise StudioError(f"LoRA {spec.source} cannot be loaded: {exc}") from exc
-        if wanted:
-            loaded.pipe.set_adapters(
-                [spec.adapter for spec in wanted], adapter_weights=[spec.scale for spec in wanted]
-            )
-        loaded.loras = wanted
-
-    def _call(self, pipe, call: dict[str, Any]) -> tuple[list[Image.Image], str | None]:
-        """Run the pipeline; on GPU out-of-memory free memory, retry once with CPU offload."""
         try:
-            return pipe(**call).images, None
-        except torch.OutOfMemoryError:
-            if self._loaded.offloaded:
-                raise self._oom() from None
-        logger.warning("GPU out of memory: retrying with model CPU offload")
-        gc.collect()
-        torch.cuda.empty_cache()
-        pipe.enable_model_cpu_offload()
-        self._loaded.offloaded = True
-        try:
-            images = pipe(**call).images
-        except torch.OutOfMemoryError:
-            raise self._oom() from None
-        return images, "the GPU ran out of memory, so models now move to the GPU only while used"
-
-    def _oom(self) -> StudioError:
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return StudioError(
-            "the GPU ran out of memory even with CPU offload; make fewer images "
-            "at once, a smaller size, or use a smaller model set"
-        )
+            drawn = pose_condition(faces[0], (width, height), kind=family.pose_kind)
+        except ValueError as exc:
+            raise StudioError("pose control needs the face mesh: install the `mesh` extra") from exc
+        return {family.pose_argument: Image.fromarray(drawn)}
 
     # History and training
 
@@ -566,14 +501,14 @@ class Studio:
                 self._training.clear()
 
 
-def _lora_specs(identity: Identity, style: StylePreset | None) -> tuple[_LoraSpec, ...]:
+def _lora_specs(identity: Identity, style: StylePreset | None) -> tuple[ActiveLora, ...]:
     specs = []
     if identity.lora is not None:
-        specs.append(_LoraSpec("identity", str(identity.lora.path)))
+        specs.append(ActiveLora("identity", str(identity.lora.path)))
     if style is not None and style.lora is not None:
         lora = style.lora
         source = str(lora.path) if lora.path is not None else lora.repo
-        specs.append(_LoraSpec("style", source, lora.weight_name, lora.scale))
+        specs.append(ActiveLora("style", source, lora.weight_name, lora.scale))
     return tuple(specs)
 
 

@@ -118,8 +118,13 @@ def save_image(
     record: GenerationRecord,
     out_dir: Path,
     extra: Mapping[str, Any] | None = None,
+    masks: Mapping[str, Image.Image] | None = None,
 ) -> Path:
-    """Write the watermarked ``<stamp>-<seed>.png`` and its ``.json`` atomically; return the PNG."""
+    """Write the watermarked ``<stamp>-<seed>.png`` and its ``.json`` atomically; return the PNG.
+
+    ``masks`` (named images) are written beside it as ``<stamp>-<seed>.<name>.png`` and listed
+    in the sidecar under ``masks``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     created = datetime.now(timezone.utc)
     path = _free_name(out_dir, f"{created:%Y%m%d-%H%M%S}-{record.seed}")
@@ -141,6 +146,12 @@ def save_image(
         "provenance": prov,
         **(extra or {}),
     }
+    if masks:
+        sidecar["masks"] = {name: f"{path.stem}.{name}.png" for name in masks}
+        for name, mask in masks.items():
+            mask_buf = io.BytesIO()
+            mask.save(mask_buf, format="PNG")
+            atomic_write_bytes(path.with_name(sidecar["masks"][name]), mask_buf.getvalue())
     atomic_write_bytes(path, buf.getvalue())
     atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
     return path

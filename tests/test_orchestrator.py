@@ -14,9 +14,10 @@ from synthetic_models import arcface_like_model
 
 from studio.cli import main
 from studio.errors import StudioError
-from studio.orchestrator import PortraitRequest, StageContext, Studio
+from studio.orchestrator import PortraitRequest, Studio
 from studio.outputs import read_provenance
 from studio.settings import load_settings
+from studio.stages import STAGES, StageInput, StageOutput, StageResources
 from studio.styles import load_styles
 
 pytestmark = pytest.mark.slow
@@ -40,14 +41,23 @@ class PastePhoto:
     def __init__(self, photo):
         self.photo = Image.open(photo).convert("RGB")
 
-    def apply(self, image: Image.Image, context: StageContext) -> Image.Image:
-        return self.photo if context.seed % 2 == 0 else image
+    def run(self, given: StageInput, resources: StageResources) -> StageOutput:
+        if given.seed % 2:
+            return StageOutput(given.image)
+        return StageOutput(self.photo)
 
 
-def test_portraits_are_scored_ranked_saved_and_listed_in_history(studio, faces_dir):
-    studio.stages = (PastePhoto(faces_dir / "person_a_1.jpg"),)
+def test_portraits_are_scored_ranked_saved_and_listed_in_history(studio, faces_dir, monkeypatch):
+    monkeypatch.setitem(STAGES, "paste-photo", lambda: PastePhoto(faces_dir / "person_a_1.jpg"))
     result = studio.generate(
-        PortraitRequest(profile="Ada", style="studio-headshot", num_images=3, seed=1, steps=2)
+        PortraitRequest(
+            profile="Ada",
+            style="studio-headshot",
+            num_images=3,
+            seed=1,
+            steps=2,
+            stages=("paste-photo",),
+        )
     )
     # Seed 2 went through the stage and shows Ada; seeds 1 and 3 are tiny-model noise.
     best, *rest = result.portraits
@@ -81,9 +91,9 @@ def test_prompt_places_the_subject_and_the_trained_lora_is_used(studio):
     assert trained.profile_lora and studio.training_runs("Ada") == [trained.run_dir]
     result = studio.generate(PortraitRequest("Ada", style="anime", steps=2))
     assert "ohwx person" in result.prompt and not result.notes
-    assert [spec.adapter for spec in studio._loaded.loras] == ["identity"]
+    assert [spec.adapter for spec in studio.host.loras] == ["identity"]
     plain = studio.generate(PortraitRequest("Ada", style="anime", steps=2, use_lora=False))
-    assert "ohwx" not in plain.prompt and studio._loaded.loras == ()
+    assert "ohwx" not in plain.prompt and studio.host.loras == ()
 
 
 def test_pose_reference_and_identity_strength_change_the_image(studio, faces_dir, tmp_path):
@@ -137,13 +147,13 @@ class OutOfMemoryOnce:
 def test_out_of_memory_retries_once_with_offload_then_reports(studio):
     request = PortraitRequest("Ada", prompt="a portrait", steps=2)
     studio.generate(request)
-    flaky = OutOfMemoryOnce(studio._loaded.pipe, failures=1)
-    studio._loaded.pipe = flaky
+    flaky = OutOfMemoryOnce(studio.pipeline(), failures=1)
+    studio.host._hosted.pipe = flaky
     result = studio.generate(request)
     assert flaky.offloaded and len(result.portraits) == 1
     assert any("ran out of memory" in note for note in result.notes)
 
-    studio._loaded.pipe = OutOfMemoryOnce(flaky.pipe, failures=2)
+    studio.host._hosted.pipe = OutOfMemoryOnce(flaky.pipe, failures=2)
     with pytest.raises(StudioError, match="out of memory even with CPU offload"):
         studio.generate(request)
 
@@ -153,7 +163,7 @@ def test_switching_model_set_unloads_the_previous_pipeline(studio, tiny_env, fac
     sd15 = studio.pipeline()
     studio.settings = load_settings(weights={"arcface": str(arcface_like_model_file(tmp_path))})
     studio.use_models("tiny-xl")
-    assert studio._loaded is None and studio.model_set.family == "sdxl"
+    assert studio.host.model_set is None and studio.model_set.family == "sdxl"
     # SDXL (InstantID): the keypoint condition comes from the profile's own photo.
     result = studio.generate(PortraitRequest("Ada", style="business", steps=2))
     assert studio.pipeline() is not sd15 and len(result.portraits) == 1
@@ -234,7 +244,7 @@ def test_a_style_file_brings_its_own_lora_and_pose(studio, faces_dir):
     studio.styles = load_styles(user_dir=folder)
 
     portrait = studio.generate(PortraitRequest("Ada", style="mine")).portraits[0]
-    assert [(s.adapter, s.scale) for s in studio._loaded.loras] == [
+    assert [(s.adapter, s.scale) for s in studio.host.loras] == [
         ("identity", 1.0),
         ("style", 0.5),
     ]
@@ -242,7 +252,7 @@ def test_a_style_file_brings_its_own_lora_and_pose(studio, faces_dir):
     assert sidecar["style_lora"].endswith("pytorch_lora_weights.safetensors")
     assert sidecar["pose"].endswith("turned.jpg") and "ohwx person" in sidecar["prompt"]
     without = studio.generate(PortraitRequest("Ada", style="mine", use_lora=False)).portraits[0]
-    assert [s.adapter for s in studio._loaded.loras] == ["style"]
+    assert [s.adapter for s in studio.host.loras] == ["style"]
     assert not np.array_equal(
         np.asarray(Image.open(portrait.path)), np.asarray(Image.open(without.path))
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from studio.generate import pipeline_class
+from studio.families import get_family
 from studio.models.clip_vocab import build_clip_tokenizer
 from studio.models.tiny import BUILD_VERSION, build, built_path
 
@@ -69,8 +69,10 @@ def test_build_is_deterministic_and_reused(tiny_models_dir, tmp_path):
 
 @pytest.mark.parametrize(("builder", "family"), [("tiny-sd15", "sd15"), ("tiny-sdxl", "sdxl")])
 def test_round_trip_generation_same_seed_same_pixels(tiny_models_dir, builder, family):
-    kwargs = {"safety_checker": None, "requires_safety_checker": False} if family == "sd15" else {}
-    pipe = pipeline_class(family).from_pretrained(built_path(tiny_models_dir, builder), **kwargs)
+    spec = get_family(family)
+    pipe = spec.pipeline_class().from_pretrained(
+        built_path(tiny_models_dir, builder), **spec.pipeline_options
+    )
     pipe.set_progress_bar_config(disable=True)
 
     def run(seed):

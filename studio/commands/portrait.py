@@ -26,6 +26,9 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="denoising steps (default: the style's)")
     p.add_argument("--identity-scale", type=float, help="identity strength 0–1.5")
     p.add_argument("--no-lora", action="store_true", help="ignore the profile's trained LoRA")
+    p.add_argument(
+        "--stage", action="append", default=[], help="a stage to run on each image (repeatable)"
+    )
     p.add_argument("--models", default="tiny", help="model set (default: tiny)")
     p.add_argument("--out", type=Path, help="output folder (default: the history folder)")
     p.set_defaults(handler=run)
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         steps=args.steps,
         identity_scale=args.identity_scale,
         use_lora=not args.no_lora,
+        stages=tuple(args.stage),
     )
     result = studio.generate(request, out_dir=args.out)
     for note in result.notes:

@@ -14,9 +14,10 @@ from types import MappingProxyType
 from typing import Any
 
 from studio.errors import ConfigError
+from studio.families import BaseFamily, family_names, family_of_folder, get_family
 from studio.shipped import asset_path
 
-FAMILIES = ("sd15", "sdxl")
+FAMILIES = family_names()
 KINDS = ("pipeline", "folder", "file")
 FORMATS = ("diffusers", "safetensors", "torch-bin", "onnx")
 SOURCES = ("hub", "builtin")
@@ -73,6 +74,11 @@ class ModelSet:
     defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     identity_encoder: str = "arcface"
     """The recognizer whose embeddings the set's identity adapter was trained on."""
+
+    @property
+    def base_family(self) -> BaseFamily:
+        """The spec of the set's family (``family`` is its name, kept as data)."""
+        return get_family(self.family)
 
     def component(self, name: str) -> Component:
         try:
@@ -168,15 +174,10 @@ def load_catalog(path: Path | None = None) -> dict[str, ModelSet]:
 
 def local_model_set(path: Path) -> ModelSet:
     """A model set made of one local diffusers folder (``--models PATH``)."""
-    index = path / "model_index.json"
     try:
-        class_name = json.loads(index.read_text(encoding="utf-8"))["_class_name"]
-    except (OSError, json.JSONDecodeError, KeyError) as exc:
-        raise ConfigError(
-            f"--models {path}: not a diffusers pipeline folder (no readable model_index.json); "
-            "pass a model set name or a folder saved with save_pretrained"
-        ) from exc
-    family = "sdxl" if "XL" in class_name else "sd15"
+        family = family_of_folder(path)
+    except ConfigError as exc:
+        raise ConfigError(f"--models {exc}") from exc
     base = Component(
         name="base",
         source="local",
@@ -185,11 +186,11 @@ def local_model_set(path: Path) -> ModelSet:
         licence="see the model's card",
         path=path,
     )
-    size = 1024 if family == "sdxl" else 512
+    size = family.default_size
     return ModelSet(
         name=str(path),
-        title=f"local {class_name}",
-        family=family,
+        title=f"local {family.title}",
+        family=family.name,
         components=MappingProxyType({"base": base}),
         defaults=MappingProxyType({"width": size, "height": size, "steps": 30, "guidance": 7.0}),
     )

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from studio.errors import ConfigError
+from studio.families import get_family
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def encode_tokens(
     text_encoders: Sequence[torch.nn.Module], token_ids: Sequence[torch.Tensor], family: str
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Prompt embeddings as the family's UNet expects them (and SDXL's pooled embedding)."""
-    if family == "sd15":
+    if not get_family(family).pooled_text:
         (encoder,), (ids,) = text_encoders, token_ids
         return encoder(ids.to(encoder.device))[0], None
     hidden, pooled = [], None

@@ -13,10 +13,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from studio.errors import ConfigError
+from studio.families import get_family
 from studio.training.captions import DEFAULT_CLASS_WORD, DEFAULT_TRIGGER, check_token
-
-RESOLUTIONS = {"sd15": 512, "sdxl": 1024}
-"""Default training resolution per family: the size each base model was trained at."""
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 SCORE_ENCODERS = ("sface", "dlib", "arcface")
@@ -78,7 +76,8 @@ class TrainConfig:
         return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
 
     def resolution_for(self, family: str) -> int:
-        return self.resolution or RESOLUTIONS[family]
+        """``--resolution``, else the size the family's base model was trained at."""
+        return self.resolution or get_family(family).default_size
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -35,6 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from studio.errors import StudioError
+from studio.families import BASE_FAMILIES
 from studio.fileio import atomic_write_bytes, atomic_write_text
 from studio.models.catalog import ModelSet
 from studio.training.types import LoraMetadata
@@ -49,15 +50,6 @@ ADAPTER_NAME = "default"
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base's header key
 STUDIO_METADATA_KEY = "studio.lora"
 
-KOHYA_BASE_VERSIONS = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
-MODELSPEC_ARCHITECTURES = {
-    "sd15": "stable-diffusion-v1/lora",
-    "sdxl": "stable-diffusion-xl-v1-base/lora",
-}
-_TEXT_ENCODER_KOHYA = {
-    "sd15": {"text_encoder": "lora_te_"},
-    "sdxl": {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
-}
 _DIFFUSERS_KEY = re.compile(
     r"(?P<part>unet|text_encoder|text_encoder_2)\.(?P<module>.+)"
     r"\.(?:lora|lora_linear_layer)\.(?P<role>down|up)\.weight"
@@ -200,13 +192,14 @@ def export_kohya(
     ``base_model`` (see :func:`base_model_name`) and ``num_train_images`` go into the header as
     ``ss_sd_model_name`` and ``ss_num_train_images``.
     """
-    if metadata.family not in KOHYA_BASE_VERSIONS:
+    if metadata.family not in BASE_FAMILIES:
         raise LoraFileError(
             f"no kohya export for model family {metadata.family!r}; "
-            f"known: {', '.join(KOHYA_BASE_VERSIONS)}"
+            f"known: {', '.join(BASE_FAMILIES)}"
         )
     state = _read(Path(weights))
-    prefixes = {"unet": "lora_unet_", **_TEXT_ENCODER_KOHYA[metadata.family]}
+    family = BASE_FAMILIES[metadata.family]
+    prefixes = {"unet": "lora_unet_", **family.kohya_text_encoder_prefixes}
     out: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         match = _DIFFUSERS_KEY.fullmatch(key)
@@ -257,7 +250,7 @@ def _kohya_header(
         "ss_network_dim": str(metadata.rank),
         "ss_network_alpha": f"{metadata.alpha:g}",
         "ss_network_train_unet_only": str(not metadata.text_encoder),
-        "ss_base_model_version": KOHYA_BASE_VERSIONS[metadata.family],
+        "ss_base_model_version": BASE_FAMILIES[metadata.family].kohya_base_version,
         "ss_v2": "False",
         "ss_resolution": f"({resolution}, {resolution})",
         "ss_max_train_steps": str(metadata.steps),
@@ -266,7 +259,7 @@ def _kohya_header(
         "ss_num_train_images": str(num_train_images),
         "ss_clip_skip": "None",  # sd-scripts writes str(args.clip_skip); the studio never skips
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": MODELSPEC_ARCHITECTURES[metadata.family],
+        "modelspec.architecture": BASE_FAMILIES[metadata.family].modelspec_architecture,
         "modelspec.implementation": "diffusers",
         "modelspec.title": title,
         "modelspec.resolution": f"{resolution}x{resolution}",

@@ -43,12 +43,12 @@ def load_models(model_set: ModelSet, settings: Settings) -> TrainingModels:
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
     base = ModelResolver(settings).resolve(model_set, "base")
-    names = [""] if model_set.family == "sd15" else ["", "_2"]
+    family = model_set.base_family
     encoder_classes = [CLIPTextModel, CLIPTextModelWithProjection]
-    tokenizers = [AutoTokenizer.from_pretrained(base, subfolder=f"tokenizer{n}") for n in names]
+    tokenizers = [AutoTokenizer.from_pretrained(base, subfolder=n) for n in family.tokenizers]
     text_encoders = [
-        cls.from_pretrained(base, subfolder=f"text_encoder{n}")
-        for cls, n in zip(encoder_classes, names, strict=False)
+        cls.from_pretrained(base, subfolder=n)
+        for cls, n in zip(encoder_classes, family.text_encoders, strict=False)
     ]
     models = TrainingModels(
         family=model_set.family,

@@ -368,7 +368,7 @@ class Trainer:
                     models.text_encoders, ids, self.record.family
                 )
             extra = {}
-            if self.record.family == "sdxl":
+            if pooled is not None:  # the family's UNet takes pooled text and size ids
                 time_ids = caching.sdxl_time_ids(self.record.resolution, len(prompt_idx))
                 extra["added_cond_kwargs"] = {
                     "text_embeds": pooled.to(device, dtype),

@@ -10,6 +10,7 @@ import torch
 
 from studio.faces.analyzer import FaceAnalyzer
 from studio.faces.encoders import IdentityEmbedding
+from studio.families import get_family
 from studio.fileio import atomic_write
 from studio.scoring import IdentityScorer
 from studio.training.config import TrainConfig
@@ -26,7 +27,6 @@ VALIDATION_PROMPTS = (
 """Cycled through for the K validation images; image ``i`` uses seed ``seed + i``."""
 
 NEGATIVE_PROMPT = "blurry, deformed, disfigured, low quality, cartoon"
-GUIDANCE = {"sd15": 7.0, "sdxl": 5.0}
 
 
 @dataclass(frozen=True)
@@ -77,23 +77,17 @@ class Validator:
         """An inference pipeline sharing the training modules (nothing is copied)."""
         from diffusers import DPMSolverMultistepScheduler
 
-        from studio.generate import pipeline_class
+        from studio.host import assemble_pipeline
 
         m = self.models
-        parts = {
-            "vae": m.vae,
-            "unet": unet,
-            "text_encoder": m.text_encoders[0],
-            "tokenizer": m.tokenizers[0],
-        }
-        if self.family == "sdxl":
-            parts.update(text_encoder_2=m.text_encoders[1], tokenizer_2=m.tokenizers[1])
-        else:
-            parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        scheduler = DPMSolverMultistepScheduler.from_config(m.noise_scheduler.config)
-        pipe = pipeline_class(self.family)(scheduler=scheduler, **parts)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+        return assemble_pipeline(
+            get_family(self.family),
+            vae=m.vae,
+            unet=unet,
+            text_encoders=m.text_encoders,
+            tokenizers=m.tokenizers,
+            scheduler=DPMSolverMultistepScheduler.from_config(m.noise_scheduler.config),
+        )
 
     @torch.no_grad()
     def run(self, unet: torch.nn.Module, out_dir: Path, step: int) -> ValidationResult:
@@ -113,7 +107,7 @@ class Validator:
                 self.prompts,
                 negative_prompt=[NEGATIVE_PROMPT] * k,
                 num_inference_steps=self.config.validation_inference_steps,
-                guidance_scale=GUIDANCE[self.family],
+                guidance_scale=get_family(self.family).validation_guidance,
                 width=self.resolution,
                 height=self.resolution,
                 generator=[
