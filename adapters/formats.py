@@ -30,6 +30,23 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from adapters.layout import AttentionLayer, attention_layers
+
+__all__ = [  # attention_layers is re-exported: the checkpoint layouts are read against it
+    "FACEID",
+    "FACEID_PLUSV2",
+    "INSTANTID",
+    "AdapterSpec",
+    "AttentionLayer",
+    "IdentityAdapterError",
+    "attention_layers",
+    "image_proj_layout",
+    "inspect_checkpoint",
+    "ip_adapter_layout",
+    "match_unet",
+    "split_checkpoint",
+]
+
 FACEID = "faceid"
 FACEID_PLUSV2 = "faceid-plusv2"
 INSTANTID = "instantid"
@@ -47,17 +64,6 @@ _LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
 
 class IdentityAdapterError(ValueError):
     """An identity adapter checkpoint or its inputs do not fit; the message says what would."""
-
-
-@dataclass(frozen=True)
-class AttentionLayer:
-    """One attention processor of a UNet, in ``unet.attn_processors`` order."""
-
-    index: int  #: position in ``unet.attn_processors``: the published ``ip_adapter`` key prefix
-    name: str  #: e.g. ``"mid_block.attentions.0.transformer_blocks.0.attn2.processor"``
-    hidden_size: int  #: the attention's inner width: output of ``to_k`` and ``to_k_ip``
-    context_dim: int  #: input width of ``to_k``: the text width for cross-attention
-    is_cross_attention: bool
 
 
 @dataclass(frozen=True)
@@ -402,20 +408,3 @@ def _index_list(indices: tuple[int, ...]) -> str:
     if len(indices) <= 6:
         return f"[{', '.join(map(str, indices))}]"
     return f"[{indices[0]}, {indices[1]}, ..., {indices[-1]}] ({len(indices)})"
-
-
-def attention_layers(unet: torch.nn.Module) -> list[AttentionLayer]:
-    """Every attention processor of ``unet`` in ``unet.attn_processors`` order."""
-    layers = []
-    for index, name in enumerate(unet.attn_processors):
-        attn = unet.get_submodule(name.removesuffix(".processor"))
-        layers.append(
-            AttentionLayer(
-                index=index,
-                name=name,
-                hidden_size=attn.inner_dim,
-                context_dim=attn.cross_attention_dim,
-                is_cross_attention=attn.is_cross_attention,
-            )
-        )
-    return layers

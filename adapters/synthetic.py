@@ -23,10 +23,10 @@ from adapters.formats import (
     PERCEIVER_DIM_HEAD,
     PUBLISHED_BASES,
     AdapterSpec,
-    attention_layers,
     image_proj_layout,
     ip_adapter_layout,
 )
+from adapters.layout import attention_layers
 
 #: family -> (architecture, made for SDXL-layout UNets)
 FAMILIES = {
