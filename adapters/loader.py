@@ -30,7 +30,6 @@ tokens, this call's scale and the rows with identity on reach the stack in one
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -47,16 +46,15 @@ from adapters.attention import (
 )
 from adapters.checkpoint import load_state_dict
 from adapters.formats import (
-    FACEID,
-    FACEID_PLUSV2,
-    INSTANTID,
+    ARCHITECTURES,
+    Architecture,
     IdentityAdapterError,
+    family_architecture,
     inspect_checkpoint,
     match_unet,
     split_checkpoint,
 )
 from adapters.layout import AttentionLayer, attention_layers, denoiser, layer_scales
-from adapters.projections import FaceIDPlusProjection, FaceIDProjection, IdentityResampler
 from adapters.stack import (
     STATE_KEY,
     AttentionCallState,
@@ -67,11 +65,8 @@ from adapters.stack import (
 
 logger = logging.getLogger(__name__)
 
-PROJECTIONS = {
-    FACEID: FaceIDProjection,
-    FACEID_PLUSV2: FaceIDPlusProjection,
-    INSTANTID: IdentityResampler,
-}
+#: Architecture name -> the projection class that loads its ``image_proj``.
+PROJECTIONS = {architecture.name: architecture.projection for architecture in ARCHITECTURES}
 COMPONENTS = ("identity_projection", "identity_attn")
 #: Largest tolerated deviation of an identity embedding's L2 norm from 1 (fp16/bf16 rounding).
 UNIT_NORM_TOLERANCE = 1e-2
@@ -94,6 +89,13 @@ class IdentityAdapterMixin:
         ``faceid-sdxl``, ``faceid-plusv2-sdxl``, ``instantid``), or ``None``."""
         component = getattr(self, "identity_attn", None)
         return None if component is None else component.config.family
+
+    @property
+    def identity_architecture(self) -> Architecture | None:
+        """The loaded adapter's :class:`~adapters.formats.Architecture` (e.g. whether it takes
+        CLIP features: ``takes_clip_features``), or ``None``."""
+        family = self.identity_family
+        return None if family is None else family_architecture(family)
 
     def load_identity_adapter(
         self, pretrained: str | os.PathLike | Mapping, *, scale: float | dict = 1.0
@@ -193,7 +195,7 @@ class IdentityAdapterMixin:
         """Raise unless ``identity_rows`` is ``None`` or one bool per generated image."""
         if identity_rows is None:
             return
-        rows = identity_rows.tolist() if isinstance(identity_rows, torch.Tensor) else identity_rows
+        rows = identity_rows.tolist() if hasattr(identity_rows, "tolist") else identity_rows
         if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
             rows = None
         if rows is None or not all(isinstance(row, bool) for row in rows):
@@ -371,12 +373,12 @@ class IdentityAdapterMixin:
         config, family = projection.config, self.identity_family
         references = _references(identity_embeds, config.id_embed_dim, family)
         embeds = _normalised_mean(references)
-        if family == INSTANTID:
-            embeds = embeds * math.sqrt(config.id_embed_dim)
+        architecture = self.identity_architecture
+        embeds = architecture.projection_inputs(embeds)
         embeds = embeds.to(device=projection.device, dtype=projection.dtype)
         batch = torch.cat([torch.zeros_like(embeds), embeds])
 
-        if isinstance(projection, FaceIDPlusProjection):
+        if architecture.takes_clip_features:
             clip = _mean_clip(clip_image_embeds, len(references), config, "clip_image_embeds")
             if negative_clip_image_embeds is None:
                 negative = torch.zeros_like(clip)
@@ -450,7 +452,7 @@ class IdentityAdapterMixin:
 
     def _denoiser_rows(self, identity_rows: Sequence[bool], batch_size: int) -> tuple[bool, ...]:
         """One flag per denoiser row: the images' flags, twice under CFG (negatives first)."""
-        rows = identity_rows.tolist() if isinstance(identity_rows, torch.Tensor) else identity_rows
+        rows = identity_rows.tolist() if hasattr(identity_rows, "tolist") else identity_rows
         rows = tuple(bool(row) for row in rows)
         if batch_size % len(rows) or batch_size // len(rows) not in (1, 2):
             raise ValueError(

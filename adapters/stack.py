@@ -18,8 +18,9 @@ attribute repair, multi-person terms next) is a :class:`Contribution` with a ``n
 5. **Output projection**: ``to_out`` (with the projection modifiers' ``to_out`` terms), dropout,
    residual and rescale as diffusers does.
 
-Within a stage, contributions run in the order they were added. A layer where no contribution is
-active in a call runs ``base_processor`` untouched, bit for bit.
+Within a stage, contributions run in the order they were added (the identity adapter's first),
+so the result does not depend on the order of loading. A layer where no contribution is active
+in a call runs ``base_processor`` untouched, bit for bit.
 
 Per-call inputs arrive as one object, ``cross_attention_kwargs={"portrait": state}`` with an
 :class:`AttentionCallState` holding a :class:`ContributionInput` per contribution name (tokens,
@@ -131,8 +132,8 @@ class Contribution(nn.Module):
       multiplies it by the scale, the spatial mask and the rows.
     """
 
-    name: str = ""
-    foldable: bool = False
+    name: str
+    foldable: bool = False  #: ``folded_weight`` gives this contribution's projection terms
 
     def __init__(self, name: str, *, stages: Sequence[Stage], scale: float = 1.0):
         super().__init__()
