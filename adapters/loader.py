@@ -54,7 +54,13 @@ from adapters.formats import (
     match_unet,
     split_checkpoint,
 )
-from adapters.layout import AttentionLayer, attention_layers, denoiser, layer_scales
+from adapters.layout import (
+    AttentionLayer,
+    attention_layers,
+    check_scale,
+    denoiser,
+    layer_scales,
+)
 from adapters.stack import (
     STATE_KEY,
     AttentionCallState,
@@ -247,11 +253,11 @@ class IdentityAdapterMixin:
                 f"cross_attention_kwargs[{STATE_KEY!r}] must be an AttentionCallState, got "
                 f"{type(state).__name__}"
             )
-        scale = None
+        scale = identity_scale
         if isinstance(identity_scale, dict):
             scale = self._layer_scales(identity_scale)
         elif identity_scale is not None:
-            scale = next(iter(self._layer_scales(identity_scale).values()))
+            check_scale(identity_scale, "identity scale")
         rows = None
         if identity_rows is not None:
             rows = self._denoiser_rows(identity_rows, len(identity_tokens))
