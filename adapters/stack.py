@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +67,7 @@ class Stage(IntEnum):
 
     PROJECTION = 1
     SELF_ATTENTION = 2
-    CROSS_ATTENTION = 4
+    CROSS_ATTENTION = 3
 
 
 @dataclass(frozen=True)
@@ -171,8 +172,7 @@ class Contribution(nn.Module):
         return None
 
 
-@dataclass(frozen=True)
-class _Active:
+class _Active(NamedTuple):
     """A contribution active in this call, with what the stack resolved for it."""
 
     contribution: Contribution
