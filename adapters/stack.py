@@ -18,15 +18,19 @@ attribute repair, multi-person terms next) is a :class:`Contribution` with a ``n
 5. **Output projection**: ``to_out`` (with the projection modifiers' ``to_out`` terms), dropout,
    residual and rescale as diffusers does.
 
-Within a stage, contributions run in the order they were added (the identity adapter's first),
-so the result does not depend on the order of loading. A layer where no contribution is active
-in a call runs ``base_processor`` untouched, bit for bit.
+Within a stage, contributions run in the order they were added, the identity adapter's first
+whenever it was loaded. A layer where no contribution is active in a call runs
+``base_processor`` untouched, bit for bit.
 
 Per-call inputs arrive as one object, ``cross_attention_kwargs={"portrait": state}`` with an
 :class:`AttentionCallState` holding a :class:`ContributionInput` per contribution name (tokens,
 per-call scale, per-row switch, spatial mask), so a new contribution never changes a signature.
 A contribution whose input names ``rows`` acts on those batch rows only; every other row gets
 exactly what it would get without the contribution.
+
+A new technique is one file with a :class:`Contribution` subclass, put on the layers it needs
+with ``pipe.add_attention_contribution(...)`` (layer names and widths from
+:mod:`adapters.layout`) and fed through its :class:`ContributionInput`; nothing else changes.
 """
 
 from __future__ import annotations
