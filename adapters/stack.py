@@ -97,12 +97,10 @@ class ContributionInput:
 class AttentionCallState:
     """Everything the attention stack reads in one denoiser call, keyed by contribution name.
 
-    Passed as ``cross_attention_kwargs={"portrait": state}``; ``step`` is the denoising step for
-    contributions that change over the schedule.
+    Passed as ``cross_attention_kwargs={"portrait": state}``.
     """
 
     inputs: dict[str, ContributionInput] = field(default_factory=dict)
-    step: int | None = None
     _row_masks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def with_input(self, name: str, value: ContributionInput) -> AttentionCallState:
