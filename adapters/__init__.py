@@ -9,6 +9,12 @@ import importlib
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
+    "AttentionCallState": "adapters.stack",
+    "Contribution": "adapters.stack",
+    "ContributionInput": "adapters.stack",
+    "PortraitAttnProcessor": "adapters.stack",
+    "Stage": "adapters.stack",
+    "IdentityContribution": "adapters.attention",
     "IdentityAdapterMixin": "adapters.loader",
     "IdentityAdapterError": "adapters.formats",
     "IdentityAttnProcessor": "adapters.attention",
@@ -21,22 +27,39 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AttentionCallState",
+    "Contribution",
+    "ContributionInput",
     "FaceIDPlusProjection",
     "FaceIDProjection",
     "IdentityAdapterError",
     "IdentityAdapterMixin",
     "IdentityAttention",
     "IdentityAttnProcessor",
+    "IdentityContribution",
     "IdentityResampler",
+    "PortraitAttnProcessor",
+    "Stage",
     "write_checkpoint",
     "write_identitynet",
 ]
 
 if TYPE_CHECKING:
-    from adapters.attention import IdentityAttention, IdentityAttnProcessor
+    from adapters.attention import (
+        IdentityAttention,
+        IdentityAttnProcessor,
+        IdentityContribution,
+    )
     from adapters.formats import IdentityAdapterError
     from adapters.loader import IdentityAdapterMixin
     from adapters.projections import FaceIDPlusProjection, FaceIDProjection, IdentityResampler
+    from adapters.stack import (
+        AttentionCallState,
+        Contribution,
+        ContributionInput,
+        PortraitAttnProcessor,
+        Stage,
+    )
     from adapters.synthetic import write_checkpoint, write_identitynet
 
 

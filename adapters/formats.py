@@ -1,6 +1,8 @@
 """Published identity-adapter checkpoints: split, recognise, check against a UNet.
 
-Pure functions over state dicts and a UNet's attention layout; nothing here builds a model.
+Pure functions over state dicts and a UNet's attention layout, and the published architectures as
+small classes behind one protocol (:class:`Architecture`: recognise, read config, lay out, name
+the family, feed the projection); nothing here builds a model.
 
 Every published identity adapter (IP-Adapter-FaceID, FaceID-PlusV2, InstantID's ``ip-adapter.bin``)
 has two halves:
@@ -24,16 +26,41 @@ published ``.bin`` files) or flat with ``image_proj.`` / ``ip_adapter.`` prefixe
 
 from __future__ import annotations
 
+import math
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
+from diffusers.models.modeling_utils import ModelMixin
 
-FACEID = "faceid"
-FACEID_PLUSV2 = "faceid-plusv2"
-INSTANTID = "instantid"
+from adapters.layout import AttentionLayer, attention_layers
+from adapters.projections import FaceIDPlusProjection, FaceIDProjection, IdentityResampler
 
+__all__ = [  # attention_layers is re-exported: the checkpoint layouts are read against it
+    "ARCHITECTURES",
+    "FACEID",
+    "FACEID_PLUSV2",
+    "INSTANTID",
+    "AdapterSpec",
+    "Architecture",
+    "AttentionLayer",
+    "IdentityAdapterError",
+    "architecture",
+    "attention_layers",
+    "image_proj_layout",
+    "inspect_checkpoint",
+    "ip_adapter_layout",
+    "match_unet",
+    "split_checkpoint",
+]
+
+#: Width of the ArcFace embeddings every published identity adapter takes.
+ARCFACE_DIM = 512
+#: Width of the CLIP ViT-H image features FaceID-PlusV2 refines its tokens over.
+CLIP_VIT_H_DIM = 1280
 #: Token widths of the published base models; other widths are custom (e.g. tiny test) UNets.
 PUBLISHED_BASES = {768: "SD1.5", 2048: "SDXL"}
 #: The published perceivers use 64-wide attention heads (diffusers' converter assumes it too).
@@ -47,17 +74,6 @@ _LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
 
 class IdentityAdapterError(ValueError):
     """An identity adapter checkpoint or its inputs do not fit; the message says what would."""
-
-
-@dataclass(frozen=True)
-class AttentionLayer:
-    """One attention processor of a UNet, in ``unet.attn_processors`` order."""
-
-    index: int  #: position in ``unet.attn_processors``: the published ``ip_adapter`` key prefix
-    name: str  #: e.g. ``"mid_block.attentions.0.transformer_blocks.0.attn2.processor"``
-    hidden_size: int  #: the attention's inner width: output of ``to_k`` and ``to_k_ip``
-    context_dim: int  #: input width of ``to_k``: the text width for cross-attention
-    is_cross_attention: bool
 
 
 @dataclass(frozen=True)
@@ -81,6 +97,173 @@ class AdapterSpec:
             f"{self.architecture} adapter ({self.token_dim}-d identity tokens for "
             f"{len(self.ip_layers)} cross-attention layers{lora}{base_text})"
         )
+
+
+class Architecture(ABC):
+    """One published identity-adapter architecture: how to recognise, read, lay out and feed it.
+
+    ``name`` is the :attr:`AdapterSpec.architecture` string; ``projection`` the class that loads
+    its ``image_proj`` half; ``published_lora_rank`` the rank of the FaceID LoRA its published
+    files carry (``None``: none); ``takes_clip_features``: its projection also reads CLIP image
+    features.
+    """
+
+    name: ClassVar[str]
+    projection: ClassVar[type[ModelMixin]]
+    published_lora_rank: ClassVar[int | None] = None
+    takes_clip_features: ClassVar[bool] = False
+
+    @abstractmethod
+    def recognises(self, image_proj: Mapping[str, torch.Tensor]) -> bool:
+        """Whether ``image_proj``'s key names are this architecture's."""
+
+    @abstractmethod
+    def read_config(self, image_proj: Mapping[str, torch.Tensor], source: str) -> dict:
+        """The projection's config, read from the shapes (raises on inconsistent ones)."""
+
+    @abstractmethod
+    def image_proj_layout(self, config: Mapping) -> dict[str, tuple[int, ...]]:
+        """Published ``image_proj`` key -> shape for a projection config."""
+
+    @abstractmethod
+    def published_config(self, token_dim: int, id_embed_dim: int = ARCFACE_DIM) -> dict:
+        """The projection config its published checkpoint has for ``token_dim``-d tokens."""
+
+    def family(self, *, sdxl: bool) -> str:
+        """The family name a checkpoint of it for an SD1.5 or SDXL UNet loads as."""
+        return f"{self.name}-{'sdxl' if sdxl else 'sd15'}"
+
+    def projection_inputs(self, embeds: torch.Tensor) -> torch.Tensor:
+        """The projection's input for unit-norm face embeddings (as it was trained)."""
+        return embeds
+
+
+class FaceID(Architecture):
+    """IP-Adapter-FaceID: MLP ``proj.0/proj.2`` and ``norm``; a rank-128 LoRA on every layer."""
+
+    name = "faceid"
+    projection = FaceIDProjection
+    published_lora_rank = 128
+
+    def recognises(self, image_proj: Mapping[str, torch.Tensor]) -> bool:
+        return {"proj.0.weight", "proj.2.weight", "norm.weight"} <= set(image_proj)
+
+    def read_config(self, image_proj: Mapping[str, torch.Tensor], source: str) -> dict:
+        return _faceid_config(image_proj, source)
+
+    def image_proj_layout(self, config: Mapping) -> dict[str, tuple[int, ...]]:
+        width, hidden = config["cross_attention_dim"], config["hidden_dim"]
+        return {
+            **_linear("proj.0", hidden, config["id_embed_dim"]),
+            **_linear("proj.2", width * config["num_tokens"], hidden),
+            "norm.weight": (width,),
+            "norm.bias": (width,),
+        }
+
+    def published_config(self, token_dim: int, id_embed_dim: int = ARCFACE_DIM) -> dict:
+        return {
+            "id_embed_dim": id_embed_dim,
+            "hidden_dim": 2 * ARCFACE_DIM,
+            "cross_attention_dim": token_dim,
+            "num_tokens": 4,
+        }
+
+
+class FaceIDPlusV2(FaceID):
+    """FaceID-PlusV2 (and Plus V1, same layout): FaceID plus ``perceiver_resampler.*`` over CLIP
+    ViT-H features of the face crops."""
+
+    name = "faceid-plusv2"
+    projection = FaceIDPlusProjection
+    takes_clip_features = True
+
+    def recognises(self, image_proj: Mapping[str, torch.Tensor]) -> bool:
+        return "perceiver_resampler.proj_in.weight" in image_proj
+
+    def read_config(self, image_proj: Mapping[str, torch.Tensor], source: str) -> dict:
+        return _faceid_plus_config(image_proj, source)
+
+    def image_proj_layout(self, config: Mapping) -> dict[str, tuple[int, ...]]:
+        width = config["cross_attention_dim"]
+        resampler = _linear("proj_in", width, config["clip_embed_dim"])
+        resampler.update(_perceiver_layout(width, width, config))
+        return {
+            **super().image_proj_layout(config),
+            **{f"perceiver_resampler.{k}": v for k, v in resampler.items()},
+        }
+
+    def published_config(self, token_dim: int, id_embed_dim: int = ARCFACE_DIM) -> dict:
+        return {
+            **super().published_config(token_dim, id_embed_dim),
+            "clip_embed_dim": CLIP_VIT_H_DIM,
+            "depth": 4,
+            "heads": max(1, token_dim // PERCEIVER_DIM_HEAD),
+            "dim_head": PERCEIVER_DIM_HEAD,
+            "ff_mult": 4,
+            "shortcut": True,
+        }
+
+
+class InstantID(Architecture):
+    """InstantID's ``ip-adapter.bin``: a perceiver ``Resampler`` (``latents``), no LoRA, one
+    family for SDXL; trained on insightface's raw (not unit-norm) ``face.embedding``."""
+
+    name = "instantid"
+    projection = IdentityResampler
+
+    def recognises(self, image_proj: Mapping[str, torch.Tensor]) -> bool:
+        return "latents" in image_proj
+
+    def read_config(self, image_proj: Mapping[str, torch.Tensor], source: str) -> dict:
+        return _resampler_config(image_proj, source)
+
+    def image_proj_layout(self, config: Mapping) -> dict[str, tuple[int, ...]]:
+        layout = {"latents": (1, config["num_tokens"], config["dim"])}
+        layout.update(_linear("proj_in", config["dim"], config["id_embed_dim"]))
+        layout.update(_perceiver_layout(config["dim"], config["cross_attention_dim"], config))
+        return layout
+
+    def published_config(self, token_dim: int, id_embed_dim: int = ARCFACE_DIM) -> dict:
+        dim = 1280 if token_dim in PUBLISHED_BASES else PERCEIVER_DIM_HEAD
+        return {
+            "id_embed_dim": ARCFACE_DIM,
+            "cross_attention_dim": token_dim,
+            "num_tokens": 16,
+            "dim": dim,
+            "depth": 4,
+            "heads": dim // PERCEIVER_DIM_HEAD,
+            "dim_head": PERCEIVER_DIM_HEAD,
+            "ff_mult": 4,
+        }
+
+    def family(self, *, sdxl: bool) -> str:
+        return self.name
+
+    def projection_inputs(self, embeds: torch.Tensor) -> torch.Tensor:
+        # components of a raw ArcFace embedding are roughly standard-normal: norm sqrt(512)
+        return embeds * math.sqrt(embeds.shape[-1])
+
+
+#: The architectures, most specific key pattern first (PlusV2 files hold FaceID's keys too).
+ARCHITECTURES: tuple[Architecture, ...] = (FaceIDPlusV2(), InstantID(), FaceID())
+FACEID, FACEID_PLUSV2, INSTANTID = FaceID.name, FaceIDPlusV2.name, InstantID.name
+
+
+def architecture(name: str) -> Architecture:
+    """The architecture called ``name`` (an :attr:`AdapterSpec.architecture` string)."""
+    for candidate in ARCHITECTURES:
+        if candidate.name == name:
+            return candidate
+    known = ", ".join(a.name for a in ARCHITECTURES)
+    raise ValueError(f"unknown identity adapter architecture {name!r}; known: {known}")
+
+
+def family_architecture(family: str) -> Architecture:
+    """The architecture of a loaded adapter's family (``faceid-sd15``, ``instantid`` ...)."""
+    for candidate in ARCHITECTURES:
+        if family in (candidate.family(sdxl=False), candidate.family(sdxl=True)):
+            return candidate
+    raise ValueError(f"unknown identity adapter family {family!r}")
 
 
 def split_checkpoint(
@@ -131,12 +314,9 @@ def inspect_checkpoint(
     source: str = "checkpoint",
 ) -> AdapterSpec:
     """Recognise the architecture and read its dimensions from key names and shapes."""
-    if "perceiver_resampler.proj_in.weight" in image_proj:
-        architecture, config = FACEID_PLUSV2, _faceid_plus_config(image_proj, source)
-    elif "latents" in image_proj:
-        architecture, config = INSTANTID, _resampler_config(image_proj, source)
-    elif {"proj.0.weight", "proj.2.weight", "norm.weight"} <= set(image_proj):
-        architecture, config = FACEID, _faceid_config(image_proj, source)
+    found = next((a for a in ARCHITECTURES if a.recognises(image_proj)), None)
+    if found is not None:
+        config = found.read_config(image_proj, source)
     elif "proj.weight" in image_proj or "proj.3.weight" in image_proj:
         raise IdentityAdapterError(
             f"{source}: this is an image IP-Adapter (CLIP image features), not a face identity "
@@ -168,7 +348,7 @@ def inspect_checkpoint(
     if not ip_layers:
         raise IdentityAdapterError(f"{source}: ip_adapter holds no to_k_ip/to_v_ip weights")
     return AdapterSpec(
-        architecture=architecture,
+        architecture=found.name,
         token_dim=config["cross_attention_dim"],
         num_tokens=config["num_tokens"],
         ip_layers=tuple(sorted(ip_layers)),
@@ -221,11 +401,7 @@ def match_unet(
             + "."
             + hint
         )
-    if spec.architecture == INSTANTID:
-        family = INSTANTID
-    else:
-        family = f"{spec.architecture}-{'sdxl' if sdxl else 'sd15'}"
-    return replace(spec, family=family)
+    return replace(spec, family=architecture(spec.architecture).family(sdxl=sdxl))
 
 
 def _unet_summary(layers: list[AttentionLayer], *, sdxl: bool) -> str:
@@ -254,25 +430,8 @@ def ip_adapter_layout(
 
 
 def image_proj_layout(spec: AdapterSpec) -> dict[str, tuple[int, ...]]:
-    """Published ``image_proj`` key -> shape for a projection config."""
-    cfg = spec.projection_config
-    if spec.architecture == INSTANTID:
-        layout = {"latents": (1, cfg["num_tokens"], cfg["dim"])}
-        layout.update(_linear("proj_in", cfg["dim"], cfg["id_embed_dim"]))
-        layout.update(_perceiver_layout(cfg["dim"], cfg["cross_attention_dim"], cfg))
-        return layout
-    width, hidden = cfg["cross_attention_dim"], cfg["hidden_dim"]
-    layout = {
-        **_linear("proj.0", hidden, cfg["id_embed_dim"]),
-        **_linear("proj.2", width * cfg["num_tokens"], hidden),
-        "norm.weight": (width,),
-        "norm.bias": (width,),
-    }
-    if spec.architecture == FACEID_PLUSV2:
-        resampler = _linear("proj_in", width, cfg["clip_embed_dim"])
-        resampler.update(_perceiver_layout(width, width, cfg))
-        layout.update({f"perceiver_resampler.{k}": v for k, v in resampler.items()})
-    return layout
+    """Published ``image_proj`` key -> shape for a spec's projection config."""
+    return architecture(spec.architecture).image_proj_layout(spec.projection_config)
 
 
 def _perceiver_layout(dim: int, output_dim: int, cfg: Mapping) -> dict[str, tuple[int, ...]]:
@@ -335,7 +494,7 @@ def _resampler_config(image_proj: Mapping[str, torch.Tensor], source: str) -> di
     _, num_queries, dim = _shape(image_proj, "latents", source, ndim=3)
     _, id_dim = _shape(image_proj, "proj_in.weight", source, ndim=2)
     output_dim, _ = _shape(image_proj, "proj_out.weight", source, ndim=2)
-    if id_dim != 512:
+    if id_dim != ARCFACE_DIM:
         raise IdentityAdapterError(
             f"{source}: this Resampler takes {id_dim}-d inputs, not 512-d face embeddings: it "
             "looks like an IP-Adapter Plus (CLIP image features) checkpoint; load it with "
@@ -402,20 +561,3 @@ def _index_list(indices: tuple[int, ...]) -> str:
     if len(indices) <= 6:
         return f"[{', '.join(map(str, indices))}]"
     return f"[{indices[0]}, {indices[1]}, ..., {indices[-1]}] ({len(indices)})"
-
-
-def attention_layers(unet: torch.nn.Module) -> list[AttentionLayer]:
-    """Every attention processor of ``unet`` in ``unet.attn_processors`` order."""
-    layers = []
-    for index, name in enumerate(unet.attn_processors):
-        attn = unet.get_submodule(name.removesuffix(".processor"))
-        layers.append(
-            AttentionLayer(
-                index=index,
-                name=name,
-                hidden_size=attn.inner_dim,
-                context_dim=attn.cross_attention_dim,
-                is_cross_attention=attn.is_cross_attention,
-            )
-        )
-    return layers

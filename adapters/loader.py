@@ -16,45 +16,63 @@ components it registers, as diffusers' IP-Adapter pipelines accept ``image_encod
 ``identity_projection`` (embedding -> tokens) and ``identity_attn`` (the per-layer
 ``to_k_ip``/``to_v_ip``/LoRA weights, shared with the processors installed on the UNet) are
 ordinary components: ``save_pretrained`` writes them (and a clean UNet), ``from_pretrained``
-loads them and registering ``identity_attn`` re-installs the processors. Identity tokens reach
-the UNet as ``cross_attention_kwargs={"identity_tokens": tokens}``, never inside the prompt
-embeddings.
+loads them and registering ``identity_attn`` re-installs the identity contribution.
+
+The identity adapter is one named contribution (``"identity"``) of the attention stack
+(:mod:`adapters.stack`); other techniques are added, listed and removed by name with
+``add_attention_contribution`` / ``attention_contributions`` / ``remove_attention_contribution``
+and every loader verb leaves the others in place. A pipeline builds each denoiser call's
+``cross_attention_kwargs`` with :meth:`IdentityAdapterMixin.attention_call_kwargs`: identity
+tokens, this call's scale and the rows with identity on reach the stack in one
+``AttentionCallState`` under ``"portrait"``, never inside the prompt embeddings.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from numbers import Real
+from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.loaders.unet_loader_utils import _maybe_expand_lora_scales
 
-from adapters.attention import IdentityAttention, IdentityAttnProcessor
+from adapters.attention import (
+    IDENTITY,
+    IdentityAttention,
+    IdentityAttnProcessor,
+    IdentityContribution,
+)
 from adapters.checkpoint import load_state_dict
 from adapters.formats import (
-    FACEID,
-    FACEID_PLUSV2,
-    INSTANTID,
+    ARCHITECTURES,
+    Architecture,
     IdentityAdapterError,
-    attention_layers,
+    family_architecture,
     inspect_checkpoint,
     match_unet,
     split_checkpoint,
 )
-from adapters.projections import FaceIDPlusProjection, FaceIDProjection, IdentityResampler
+from adapters.layout import (
+    AttentionLayer,
+    attention_layers,
+    check_scale,
+    denoiser,
+    layer_scales,
+)
+from adapters.stack import (
+    STATE_KEY,
+    AttentionCallState,
+    Contribution,
+    ContributionInput,
+    PortraitAttnProcessor,
+)
 
 logger = logging.getLogger(__name__)
 
-PROJECTIONS = {
-    FACEID: FaceIDProjection,
-    FACEID_PLUSV2: FaceIDPlusProjection,
-    INSTANTID: IdentityResampler,
-}
+#: Architecture name -> the projection class that loads its ``image_proj``.
+PROJECTIONS = {architecture.name: architecture.projection for architecture in ARCHITECTURES}
 COMPONENTS = ("identity_projection", "identity_attn")
 #: Largest tolerated deviation of an identity embedding's L2 norm from 1 (fp16/bf16 rounding).
 UNIT_NORM_TOLERANCE = 1e-2
@@ -63,9 +81,12 @@ UNIT_NORM_TOLERANCE = 1e-2
 class IdentityAdapterMixin:
     """Identity adapters (IP-Adapter-FaceID, FaceID-PlusV2, InstantID) for diffusers pipelines.
 
-    ``load_identity_adapter`` / ``set_identity_scale`` / ``unload_identity_adapter`` and
-    ``encode_identity``. Works beside diffusers' own IP-Adapter (``load_ip_adapter`` and its
-    scale/unload methods are wrapped so both sets of processors coexist) and beside peft LoRA.
+    ``load_identity_adapter`` / ``set_identity_scale`` / ``unload_identity_adapter``,
+    ``encode_identity`` and ``attention_call_kwargs``; the attention stack's
+    ``add_attention_contribution`` / ``remove_attention_contribution`` /
+    ``attention_contributions``. Works beside diffusers' own IP-Adapter (``load_ip_adapter`` and
+    its scale/unload methods are wrapped so its processors stay the stack's base) and beside
+    peft LoRA. The denoiser is ``pipe.unet`` (or ``pipe.transformer``).
     """
 
     @property
@@ -74,6 +95,13 @@ class IdentityAdapterMixin:
         ``faceid-sdxl``, ``faceid-plusv2-sdxl``, ``instantid``), or ``None``."""
         component = getattr(self, "identity_attn", None)
         return None if component is None else component.config.family
+
+    @property
+    def identity_architecture(self) -> Architecture | None:
+        """The loaded adapter's :class:`~adapters.formats.Architecture` (e.g. whether it takes
+        CLIP features: ``takes_clip_features``), or ``None``."""
+        family = self.identity_family
+        return None if family is None else family_architecture(family)
 
     def load_identity_adapter(
         self, pretrained: str | os.PathLike | Mapping, *, scale: float | dict = 1.0
@@ -106,8 +134,9 @@ class IdentityAdapterMixin:
             source, state_dict = str(pretrained), load_state_dict(pretrained)
         image_proj, ip_adapter = split_checkpoint(state_dict, source)
         spec = inspect_checkpoint(image_proj, ip_adapter, source)
-        layers = attention_layers(self.unet)
-        sdxl = self.unet.config.addition_embed_type == "text_time"
+        model = denoiser(self)
+        layers = attention_layers(model)
+        sdxl = getattr(model.config, "addition_embed_type", None) == "text_time"
         spec = match_unet(spec, image_proj, ip_adapter, layers, sdxl=sdxl, source=source)
 
         projection = PROJECTIONS[spec.architecture](**spec.projection_config)
@@ -123,15 +152,15 @@ class IdentityAdapterMixin:
         attention.load_state_dict(ip_adapter, strict=True)
         for component in (projection, attention):
             # nn.Module.to: ModelMixin.to warns about fp32-pinned modules even when there are none
-            torch.nn.Module.to(component, device=self.unet.device, dtype=self.unet.dtype).eval()
+            torch.nn.Module.to(component, device=model.device, dtype=model.dtype).eval()
         # Both raise here, before anything changes, on an unsupported processor or a bad scale.
-        self._identity_processors_for(attention)
         scales = self._layer_scales(scale)
+        self._stack_processors(self._with_identity(attention, scales))
 
         if self.identity_family is not None:
             logger.info("replacing the loaded %s identity adapter", self.identity_family)
         self.register_modules(identity_projection=projection, identity_attn=attention)
-        for name, processor in self._installed_identity_processors().items():
+        for name, processor in self._identity_processors().items():
             processor.scale = scales[name]
         logger.info(
             "loaded %s identity adapter from %s: %d tokens into %d cross-attention layers%s",
@@ -149,9 +178,9 @@ class IdentityAdapterMixin:
 
         A dict such as ``{"down": 0.0, "mid": 0.5, "up": {"block_0": [0.0, 1.0, 1.0]}}`` sets
         each transformer block's layers (self- and cross-attention); blocks it leaves out get 0.
-        A layer at 0 is exactly the UNet without the adapter.
+        A layer at 0 is exactly the UNet without the adapter. Other contributions are untouched.
         """
-        processors = self._installed_identity_processors()
+        processors = self._identity_processors()
         if not processors:
             raise IdentityAdapterError(
                 "no identity adapter is loaded: call load_identity_adapter(...) first"
@@ -161,11 +190,151 @@ class IdentityAdapterMixin:
             processor.scale = scales[name]
 
     def unload_identity_adapter(self) -> None:
-        """Put back the UNet's previous attention processors and drop both components."""
+        """Drop both components and the identity contribution; other contributions stay, and a
+        layer left with none gets its previous processor back."""
         if self.identity_family is None:
             logger.info("no identity adapter to unload")
             return
         self.register_modules(identity_projection=None, identity_attn=None)
+
+    def check_identity_rows(self, identity_rows: Sequence[bool] | None, *, num_images: int) -> None:
+        """Raise unless ``identity_rows`` is ``None`` or one bool per generated image."""
+        if identity_rows is None:
+            return
+        rows = identity_rows.tolist() if hasattr(identity_rows, "tolist") else identity_rows
+        if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
+            rows = None
+        if rows is None or not all(isinstance(row, bool) for row in rows):
+            raise ValueError(
+                "`identity_rows` must be a list of bools, one per generated image (True: with "
+                f"the identity), got {identity_rows!r}"
+            )
+        if len(rows) != num_images:
+            raise ValueError(
+                f"`identity_rows` has {len(rows)} values but this call generates {num_images} "
+                "images (prompts x num_images_per_prompt); pass one bool per image"
+            )
+
+    def attention_call_kwargs(
+        self,
+        cross_attention_kwargs: dict[str, Any] | None,
+        *,
+        identity_tokens: torch.Tensor | None = None,
+        identity_scale: float | dict | None = None,
+        identity_rows: Sequence[bool] | None = None,
+    ) -> dict[str, Any] | None:
+        """The denoiser's ``cross_attention_kwargs`` for one call, with the identity inputs.
+
+        Args:
+            cross_attention_kwargs: the caller's (e.g. ``{"scale": 0.5}`` for LoRA, or an
+                ``AttentionCallState`` under ``"portrait"`` with other contributions' inputs);
+                kept, never changed in place.
+            identity_tokens: ``encode_identity``'s tokens (``None``: no identity this call).
+            identity_scale: this call's identity scale, as ``set_identity_scale`` takes it;
+                the pipeline's scale is not changed. ``None`` keeps it.
+            identity_rows: one bool per generated image: which images get the identity (the
+                FaceID LoRA included); under classifier-free guidance each negative row follows
+                its image. ``None``: every image.
+
+        Returns:
+            ``cross_attention_kwargs`` plus ``"portrait"``: an ``AttentionCallState`` with the
+            identity's ``ContributionInput``; unchanged when there are no identity tokens.
+        """
+        if identity_tokens is None:
+            if identity_scale is not None or identity_rows is not None:
+                raise ValueError("`identity_scale` and `identity_rows` need identity tokens")
+            return cross_attention_kwargs
+        kwargs = dict(cross_attention_kwargs or {})
+        state = kwargs.get(STATE_KEY)
+        if state is None:
+            state = AttentionCallState()
+        elif not isinstance(state, AttentionCallState):
+            raise TypeError(
+                f"cross_attention_kwargs[{STATE_KEY!r}] must be an AttentionCallState, got "
+                f"{type(state).__name__}"
+            )
+        scale = identity_scale
+        if isinstance(identity_scale, dict):
+            scale = self._layer_scales(identity_scale)
+        elif identity_scale is not None:
+            check_scale(identity_scale, "identity scale")
+        rows = None
+        if identity_rows is not None:
+            rows = self._denoiser_rows(identity_rows, len(identity_tokens))
+        inputs = ContributionInput(tokens=identity_tokens, scale=scale, rows=rows)
+        kwargs[STATE_KEY] = state.with_input(IDENTITY, inputs)
+        return kwargs
+
+    def identity_row_mask(
+        self, identity_rows: Sequence[bool] | None, *, batch_size: int, device: torch.device
+    ) -> torch.Tensor | None:
+        """``[batch_size, 1, 1, 1]`` bool mask of the denoiser rows with identity on.
+
+        For what runs outside the attention stack on identity (InstantID's IdentityNet): its
+        residuals times this mask are zero on identity-off rows, so those rows are exactly a
+        run without it. ``None`` when every row has identity.
+        """
+        if identity_rows is None or all(identity_rows):
+            return None
+        rows = self._denoiser_rows(identity_rows, batch_size)
+        return torch.tensor(rows, device=device).view(-1, 1, 1, 1)
+
+    # -- the attention stack: contributions by name --------------------------------------------
+
+    def attention_contributions(self) -> list[str]:
+        """Names of the contributions stacked on the denoiser's attention layers, in order."""
+        names: dict[str, None] = {}
+        for _, contributions in self._stack().values():
+            names.update(dict.fromkeys(c.name for c in contributions))
+        return list(names)
+
+    def add_attention_contribution(
+        self,
+        contribution: Contribution | Mapping[str, Contribution],
+        *,
+        layers: Iterable[str] | Callable[[AttentionLayer], bool] | None = None,
+    ) -> None:
+        """Stack a contribution on attention layers, after those already there in its stages.
+
+        Args:
+            contribution: one :class:`~adapters.stack.Contribution` for every chosen layer, or a
+                dict of layer name -> contribution (one name for all, e.g. per-layer weights).
+            layers: with one contribution, the layers: ``attn_processors`` names, or a test on
+                each :class:`~adapters.layout.AttentionLayer`; ``None`` for every layer.
+
+        Its name must be new (``remove_attention_contribution`` first to replace one); the
+        identity adapter's ``"identity"`` is added by ``load_identity_adapter``.
+        """
+        stack = self._stack()
+        per_layer = self._contribution_layers(contribution, layers, stack)
+        name = next(iter(per_layer.values())).name
+        if name == IDENTITY:
+            raise ValueError(
+                f"{IDENTITY!r} is the identity adapter's contribution: load it with "
+                "load_identity_adapter(...)"
+            )
+        if name in self.attention_contributions():
+            raise ValueError(
+                f"an attention contribution named {name!r} is already stacked; remove it first "
+                f"with remove_attention_contribution({name!r})"
+            )
+        for layer_name, item in per_layer.items():
+            stack[layer_name][1].append(item)
+        self._install(stack)
+
+    def remove_attention_contribution(self, name: str) -> None:
+        """Remove a contribution from every layer (``"identity"``: ``unload_identity_adapter``)."""
+        names = self.attention_contributions()
+        if name not in names:
+            raise ValueError(f"no attention contribution named {name!r}; stacked: {names}")
+        if name == IDENTITY:
+            self.unload_identity_adapter()
+            return
+        stack = {
+            layer: (base, [c for c in contributions if c.name != name])
+            for layer, (base, contributions) in self._stack().items()
+        }
+        self._install(stack)
 
     def encode_identity(
         self,
@@ -176,7 +345,7 @@ class IdentityAdapterMixin:
         clip_image_embeds: torch.Tensor | None = None,
         negative_clip_image_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Identity tokens for ``cross_attention_kwargs={"identity_tokens": tokens}``.
+        """Identity tokens for :meth:`attention_call_kwargs` (and InstantID's IdentityNet).
 
         Args:
             identity_embeds: ``[num_refs, 512]`` (or ``[512]``) unit-norm ArcFace embeddings,
@@ -210,12 +379,12 @@ class IdentityAdapterMixin:
         config, family = projection.config, self.identity_family
         references = _references(identity_embeds, config.id_embed_dim, family)
         embeds = _normalised_mean(references)
-        if family == INSTANTID:
-            embeds = embeds * math.sqrt(config.id_embed_dim)
+        architecture = self.identity_architecture
+        embeds = architecture.projection_inputs(embeds)
         embeds = embeds.to(device=projection.device, dtype=projection.dtype)
         batch = torch.cat([torch.zeros_like(embeds), embeds])
 
-        if isinstance(projection, FaceIDPlusProjection):
+        if architecture.takes_clip_features:
             clip = _mean_clip(clip_image_embeds, len(references), config, "clip_image_embeds")
             if negative_clip_image_embeds is None:
                 negative = torch.zeros_like(clip)
@@ -240,31 +409,33 @@ class IdentityAdapterMixin:
     # -- diffusers integration: components, saving, diffusers' IP-Adapter -------------------
 
     def register_modules(self, **kwargs) -> None:
-        """``DiffusionPipeline.register_modules``; registering ``identity_attn`` (re)installs
-        or removes the identity processors on the UNet."""
+        """``DiffusionPipeline.register_modules``; registering ``identity_attn`` (or a new
+        denoiser) puts the identity contribution on, or takes it off, the attention stack."""
         super().register_modules(**kwargs)
-        if "identity_attn" in kwargs or ("unet" in kwargs and hasattr(self, "identity_attn")):
-            self._sync_identity_processors()
+        changed = {"identity_attn", "unet", "transformer"} & set(kwargs)
+        if changed and hasattr(self, "identity_attn"):
+            self._sync_identity()
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """``DiffusionPipeline.save_pretrained`` with the UNet saved without identity weights
-        (they are saved once, in ``identity_attn/``)."""
-        with self._identity_processors_detached():
+        """``DiffusionPipeline.save_pretrained`` with the denoiser saved without the stack (the
+        identity weights are saved once, in ``identity_attn/``; other contributions are not
+        components and are not saved)."""
+        with self._attention_stack_detached():
             super().save_pretrained(save_directory, *args, **kwargs)
 
     def load_ip_adapter(self, *args, **kwargs) -> None:
-        """diffusers' ``load_ip_adapter``; a loaded identity adapter stays on top of it."""
-        with self._identity_processors_detached():
+        """diffusers' ``load_ip_adapter``; its processors become the stack's base processors."""
+        with self._attention_stack_detached():
             super().load_ip_adapter(*args, **kwargs)
 
     def set_ip_adapter_scale(self, scale) -> None:
-        """diffusers' ``set_ip_adapter_scale``, reaching the IP-Adapter processors we wrap."""
-        with self._identity_processors_detached():
+        """diffusers' ``set_ip_adapter_scale``, reaching the IP-Adapter processors in the stack."""
+        with self._attention_stack_detached():
             super().set_ip_adapter_scale(scale)
 
     def unload_ip_adapter(self) -> None:
-        """diffusers' ``unload_ip_adapter``; a loaded identity adapter stays."""
-        with self._identity_processors_detached():
+        """diffusers' ``unload_ip_adapter``; the stacked contributions stay."""
+        with self._attention_stack_detached():
             super().unload_ip_adapter()
 
     def _check_identity_pipeline_class(self) -> None:
@@ -283,90 +454,147 @@ class IdentityAdapterMixin:
             )
 
     def _layer_scales(self, scale: float | dict) -> dict[str, float]:
-        """Each attention processor's scale; dicts are expanded as diffusers' IP-Adapter does."""
-        names = list(self.unet.attn_processors)
-        if not isinstance(scale, dict):
-            _check_scale(scale)
-            return dict.fromkeys(names, float(scale))
-        _check_block_names(self.unet, scale)
-        expanded = _maybe_expand_lora_scales(self.unet, [scale], default_scale=0.0)[0]
-        for value in expanded.values():
-            _check_scale(value)
-        scales = {}
-        for name in names:
-            matches = [value for block, value in expanded.items() if name.startswith(f"{block}.")]
-            scales[name] = float(matches[-1]) if matches else 0.0
-        return scales
+        return layer_scales(denoiser(self), scale, what="identity scale")
 
-    def _installed_identity_processors(self) -> dict[str, IdentityAttnProcessor]:
-        return {
-            name: processor
-            for name, processor in self.unet.attn_processors.items()
-            if isinstance(processor, IdentityAttnProcessor)
-        }
-
-    def _base_processors(self) -> dict[str, object]:
-        return {
-            name: processor.base_processor
-            if isinstance(processor, IdentityAttnProcessor)
-            else processor
-            for name, processor in self.unet.attn_processors.items()
-        }
-
-    def _identity_processors_for(
-        self, component: IdentityAttention, scales: Mapping[str, float] | None = None
-    ) -> dict[str, IdentityAttnProcessor]:
-        """Processors wrapping the current ones (or what they wrap) with ``component``'s weights."""
-        layers = attention_layers(self.unet)
-        names = [layer.name for layer in layers]
-        if names != list(component.config.processor_names):
-            raise IdentityAdapterError(
-                f"identity_attn was built for a UNet with {len(component.config.processor_names)}"
-                f" attention layers, this UNet has {len(names)} (first differing: "
-                f"{next((n for n in names if n not in component.config.processor_names), '-')}); "
-                "load the adapter again on this pipeline"
+    def _denoiser_rows(self, identity_rows: Sequence[bool], batch_size: int) -> tuple[bool, ...]:
+        """One flag per denoiser row: the images' flags, twice under CFG (negatives first)."""
+        rows = identity_rows.tolist() if hasattr(identity_rows, "tolist") else identity_rows
+        rows = tuple(bool(row) for row in rows)
+        if batch_size % len(rows) or batch_size // len(rows) not in (1, 2):
+            raise ValueError(
+                f"`identity_rows` has {len(rows)} values for a denoiser batch of {batch_size} "
+                "rows; pass one bool per generated image"
             )
-        current = self.unet.attn_processors
+        return rows * (batch_size // len(rows))
+
+    def _stack(self) -> dict[str, tuple[object, list[Contribution]]]:
+        """Each attention layer's base processor and contributions, as installed now."""
+        stack = {}
+        for name, processor in denoiser(self).attn_processors.items():
+            if isinstance(processor, PortraitAttnProcessor):
+                stack[name] = (processor.base_processor, list(processor.contributions))
+            else:
+                stack[name] = (processor, [])
+        return stack
+
+    def _stack_processors(
+        self, stack: Mapping[str, tuple[object, list[Contribution]]]
+    ) -> dict[str, object]:
+        """One processor per layer for ``stack``: a ``PortraitAttnProcessor`` on every layer
+        (so each accepts the call state) while anything is stacked, else the base processors.
+        Raises ``TypeError`` on a base processor a stack cannot hold."""
+        if not any(contributions for _, contributions in stack.values()):
+            return {name: base for name, (base, _) in stack.items()}
         processors = {}
-        for layer in layers:
-            processor = current[layer.name]
-            scale = (scales or {}).get(layer.name, 1.0)
-            if isinstance(processor, IdentityAttnProcessor):
-                processor, scale = processor.base_processor, processor.scale
-            processors[layer.name] = IdentityAttnProcessor(
-                processor, component.layer(layer.index), scale
-            )
+        for name, (base, contributions) in stack.items():
+            identity = next((c for c in contributions if c.name == IDENTITY), None)
+            others = [c for c in contributions if c is not identity]
+            if identity is None:
+                processors[name] = PortraitAttnProcessor(base, others, layer_name=name)
+            else:
+                processors[name] = IdentityAttnProcessor(
+                    base, identity.layer, identity.scale, contributions=others, layer_name=name
+                )
         return processors
 
-    def _sync_identity_processors(self) -> None:
-        unet = getattr(self, "unet", None)
-        if unet is None:
+    def _install(self, stack: Mapping[str, tuple[object, list[Contribution]]]) -> None:
+        denoiser(self).set_attn_processor(self._stack_processors(stack))
+
+    def _identity_processors(self) -> dict[str, IdentityAttnProcessor]:
+        return {
+            name: processor
+            for name, processor in denoiser(self).attn_processors.items()
+            if isinstance(processor, IdentityAttnProcessor)
+        }
+
+    def _with_identity(
+        self, component: IdentityAttention, scales: Mapping[str, float] | None = None
+    ) -> dict[str, tuple[object, list[Contribution]]]:
+        """The current stack with ``component``'s identity contribution on every layer, at
+        ``scales`` (default: the scales of the identity contribution it replaces, else 1)."""
+        layers = attention_layers(denoiser(self))
+        names = [layer.name for layer in layers]
+        expected = list(component.config.processor_names)
+        if names != expected:
+            raise IdentityAdapterError(
+                f"identity_attn was built for a UNet with {len(expected)} attention layers, this "
+                f"UNet has {len(names)} (first differing: "
+                f"{next((n for n in names if n not in expected), '-')}); "
+                "load the adapter again on this pipeline"
+            )
+        stack = self._stack()
+        for layer in layers:
+            base, contributions = stack[layer.name]
+            old = next((c for c in contributions if c.name == IDENTITY), None)
+            scale = 1.0 if old is None else old.scale
+            if scales is not None:
+                scale = scales[layer.name]
+            others = [c for c in contributions if c is not old]
+            identity = IdentityContribution(component.layer(layer.index), scale)
+            stack[layer.name] = (base, [identity, *others])
+        return stack
+
+    def _sync_identity(self) -> None:
+        """Put the registered ``identity_attn`` on the stack, or take the identity off it."""
+        if all(getattr(self, name, None) is None for name in ("unet", "transformer")):
             return
         component = getattr(self, "identity_attn", None)
         if component is not None:
-            unet.set_attn_processor(self._identity_processors_for(component))
-        elif self._installed_identity_processors():
-            unet.set_attn_processor(self._base_processors())
+            self._install(self._with_identity(component))
+        elif self._identity_processors():
+            stack = {
+                name: (base, [c for c in contributions if c.name != IDENTITY])
+                for name, (base, contributions) in self._stack().items()
+            }
+            self._install(stack)
+
+    def _contribution_layers(
+        self,
+        contribution: Contribution | Mapping[str, Contribution],
+        layers: Iterable[str] | Callable[[AttentionLayer], bool] | None,
+        stack: Mapping[str, object],
+    ) -> dict[str, Contribution]:
+        """Layer name -> contribution for ``add_attention_contribution``, checked."""
+        if isinstance(contribution, Mapping):
+            if layers is not None:
+                raise ValueError("pass `layers` with one contribution, not with a per-layer dict")
+            per_layer = dict(contribution)
+        elif callable(layers):
+            chosen = [layer.name for layer in attention_layers(denoiser(self)) if layers(layer)]
+            per_layer = dict.fromkeys(chosen, contribution)
+        else:
+            chosen = list(stack) if layers is None else list(layers)
+            per_layer = dict.fromkeys(chosen, contribution)
+        if not per_layer:
+            raise ValueError("no attention layer chosen for the contribution")
+        unknown = [name for name in per_layer if name not in stack]
+        if unknown:
+            raise ValueError(
+                f"unknown attention layers {unknown[:3]}; names are those of "
+                f"{type(denoiser(self)).__name__}.attn_processors, e.g. {next(iter(stack))!r}"
+            )
+        bad = [type(c).__name__ for c in per_layer.values() if not isinstance(c, Contribution)]
+        if bad:
+            raise TypeError(f"attention contributions must be Contribution objects, got {bad[0]}")
+        names = {c.name for c in per_layer.values()}
+        if len(names) != 1:
+            raise ValueError(f"one contribution name per call, got {sorted(names)}")
+        return per_layer
 
     @contextmanager
-    def _identity_processors_detached(self) -> Iterator[None]:
-        """Run with the UNet's own processors in place, then wrap whatever is there again."""
-        component = getattr(self, "identity_attn", None)
-        installed = self._installed_identity_processors() if component is not None else {}
-        if not installed:
+    def _attention_stack_detached(self) -> Iterator[None]:
+        """Run with the base processors in place, then stack the same contributions on whatever
+        processors are there afterwards (e.g. diffusers' new IP-Adapter processors)."""
+        stack = self._stack()
+        if not any(contributions for _, contributions in stack.values()):
             yield
             return
-        scales = {name: processor.scale for name, processor in installed.items()}
-        self.unet.set_attn_processor(self._base_processors())
+        denoiser(self).set_attn_processor({name: base for name, (base, _) in stack.items()})
         try:
             yield
         finally:
-            self.unet.set_attn_processor(self._identity_processors_for(component, scales))
-
-
-def _check_scale(value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise ValueError(f"identity scale must be a finite number, got {value!r}")
+            current = self._stack()
+            self._install({name: (current[name][0], stack[name][1]) for name in stack})
 
 
 def _references(embeds: torch.Tensor, dim: int, family: str | None) -> torch.Tensor:
@@ -412,23 +640,6 @@ def _normalised_mean(embeds: torch.Tensor) -> torch.Tensor:
     if length < 1e-6:
         raise IdentityAdapterError("the reference embeddings cancel out: their mean is zero")
     return mean / length
-
-
-def _check_block_names(unet: torch.nn.Module, scale: dict) -> None:
-    """Refuse block names diffusers' expansion would drop silently (blocks without attention)."""
-    unknown = sorted(set(scale) - {"down", "mid", "up"})
-    if unknown:
-        raise ValueError(f"identity scale keys must be 'down', 'mid' and 'up', got {unknown}")
-    for part, blocks in (("down", unet.down_blocks), ("up", unet.up_blocks)):
-        if not isinstance(scale.get(part), dict):
-            continue
-        with_attention = [f"block_{i}" for i, b in enumerate(blocks) if hasattr(b, "attentions")]
-        for block in scale[part]:
-            if block not in with_attention:
-                raise ValueError(
-                    f"identity scale for {part}.{block}: this UNet's {part} blocks with attention "
-                    f"are {with_attention}"
-                )
 
 
 def _mean_clip(

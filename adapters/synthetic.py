@@ -17,16 +17,16 @@ from typing import Literal
 import torch
 
 from adapters.formats import (
+    ARCFACE_DIM,
     FACEID,
     FACEID_PLUSV2,
     INSTANTID,
-    PERCEIVER_DIM_HEAD,
-    PUBLISHED_BASES,
     AdapterSpec,
-    attention_layers,
     image_proj_layout,
     ip_adapter_layout,
 )
+from adapters.formats import architecture as find_architecture
+from adapters.layout import attention_layers
 
 #: family -> (architecture, made for SDXL-layout UNets)
 FAMILIES = {
@@ -72,9 +72,6 @@ SD15_VAE = {
     "scaling_factor": 0.18215,
 }
 
-ARCFACE_DIM = 512
-CLIP_VIT_H_DIM = 1280
-FACEID_LORA_RANK = 128
 #: InstantID's IdentityNet condition encoder (diffusers' ControlNet default): 3 downsamplings.
 IDENTITYNET_CONDITION_CHANNELS = (16, 32, 96, 256)
 
@@ -85,35 +82,7 @@ def published_config(architecture: str, token_dim: int, id_embed_dim: int = ARCF
     ``id_embed_dim`` other than 512 gives a FaceID projection for another recognizer's
     embeddings (the tiny set's takes SFace's 128-d ones); InstantID always takes 512.
     """
-    published = token_dim in PUBLISHED_BASES
-    if architecture == INSTANTID:
-        dim = 1280 if published else PERCEIVER_DIM_HEAD
-        return {
-            "id_embed_dim": ARCFACE_DIM,
-            "cross_attention_dim": token_dim,
-            "num_tokens": 16,
-            "dim": dim,
-            "depth": 4,
-            "heads": dim // PERCEIVER_DIM_HEAD,
-            "dim_head": PERCEIVER_DIM_HEAD,
-            "ff_mult": 4,
-        }
-    config = {
-        "id_embed_dim": id_embed_dim,
-        "hidden_dim": 2 * ARCFACE_DIM,
-        "cross_attention_dim": token_dim,
-        "num_tokens": 4,
-    }
-    if architecture == FACEID_PLUSV2:
-        config.update(
-            clip_embed_dim=CLIP_VIT_H_DIM,
-            depth=4,
-            heads=max(1, token_dim // PERCEIVER_DIM_HEAD),
-            dim_head=PERCEIVER_DIM_HEAD,
-            ff_mult=4,
-            shortcut=True,
-        )
-    return config
+    return find_architecture(architecture).published_config(token_dim, id_embed_dim)
 
 
 def published_layout(
@@ -123,17 +92,18 @@ def published_layout(
     if family not in FAMILIES:
         known = ", ".join(FAMILIES)
         raise ValueError(f"unknown identity adapter family {family!r}; known: {known}")
-    architecture, for_sdxl = FAMILIES[family]
+    name, for_sdxl = FAMILIES[family]
     sdxl = unet.config.addition_embed_type == "text_time"
     if sdxl != for_sdxl:
         kind = "an SDXL" if for_sdxl else "an SD1.5"
         raise ValueError(f"{family} is made for {kind}-layout UNet; this UNet is not one")
     layers = attention_layers(unet)
     token_dim = next(layer.context_dim for layer in layers if layer.is_cross_attention)
-    config = published_config(architecture, token_dim, id_embed_dim)
-    lora_rank = None if architecture == INSTANTID else FACEID_LORA_RANK
+    architecture = find_architecture(name)
+    config = architecture.published_config(token_dim, id_embed_dim)
+    lora_rank = architecture.published_lora_rank
     spec = AdapterSpec(
-        architecture=architecture,
+        architecture=name,
         token_dim=token_dim,
         num_tokens=config["num_tokens"],
         ip_layers=tuple(layer.index for layer in layers if layer.is_cross_attention),

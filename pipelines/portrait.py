@@ -15,8 +15,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -49,7 +48,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from adapters import IdentityAdapterMixin, IdentityAttnProcessor
+from adapters import IdentityAdapterMixin
 
 logger = logging.get_logger(__name__)
 
@@ -322,34 +321,12 @@ def encode_identity_tokens(
     )
 
 
-@contextmanager
-def identity_scale_for_call(
-    pipeline: IdentityAdapterMixin, scale: float | dict | None
-) -> Iterator[None]:
-    """Apply ``scale`` with ``set_identity_scale`` for one call, then restore each layer's scale."""
-    if scale is None:
-        yield
-        return
-    processors = [
-        processor
-        for processor in pipeline.unet.attn_processors.values()
-        if isinstance(processor, IdentityAttnProcessor)
-    ]
-    previous = [processor.scale for processor in processors]
-    pipeline.set_identity_scale(scale)
-    try:
-        yield
-    finally:
-        for processor, value in zip(processors, previous, strict=True):
-            processor.scale = value
-
-
 class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
     r"""
     Pipeline for identity-preserving portraits with Stable Diffusion 1.5.
 
     A [`~diffusers.StableDiffusionPipeline`] whose denoising loop also feeds the identity
-    adapter's tokens to the UNet (through `cross_attention_kwargs["identity_tokens"]`) and, when a
+    adapter's tokens to the UNet (through `cross_attention_kwargs["portrait"]`) and, when a
     `control_image` is given, adds the residuals of one or more ControlNets (e.g. the MediaPipe
     face-mesh ControlNet). Without `identity_embeds` and `control_image` it generates exactly
     what [`~diffusers.StableDiffusionPipeline`] generates.
@@ -467,6 +444,8 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
         identity_image: PipelineImageInput | None = None,
         control_images: list[torch.Tensor] | None = None,
         controlnet_conditioning_scale: float | list[float] = 1.0,
+        identity_rows: Sequence[bool] | None = None,
+        num_images_per_prompt: int = 1,
     ) -> None:
         """[`~diffusers.StableDiffusionPipeline.check_inputs`] plus the identity and control inputs.
 
@@ -485,11 +464,14 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
             callback_on_step_end_tensor_inputs,
         )
         check_identity_inputs(self, identity_embeds, identity_scale, identity_image)
-        if control_images is None:
-            return
         batch_size = len(prompt) if isinstance(prompt, list) else 1
         if prompt is None:
             batch_size = prompt_embeds.shape[0]
+        if identity_rows is not None and identity_embeds is None:
+            raise ValueError("`identity_rows` was given without `identity_embeds`")
+        self.check_identity_rows(identity_rows, num_images=batch_size * num_images_per_prompt)
+        if control_images is None:
+            return
         for index, image in enumerate(control_images):
             name = "control_image" if len(control_images) == 1 else f"control_image[{index}]"
             check_condition_image(
@@ -518,6 +500,7 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
         identity_embeds: torch.Tensor | None = None,
         identity_scale: float | dict | None = None,
         identity_image: PipelineImageInput | None = None,
+        identity_rows: Sequence[bool] | None = None,
         control_image: ConditionImageInput | list[ConditionImageInput] | None = None,
         controlnet_conditioning_scale: float | list[float] = 1.0,
         ip_adapter_image: PipelineImageInput | None = None,
@@ -579,6 +562,10 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
             identity_image (`PipelineImageInput`, *optional*):
                 FaceID-PlusV2 only: the aligned face crops of the reference photos, one per row
                 of `identity_embeds`, encoded by `image_encoder`.
+            identity_rows (`list[bool]`, *optional*):
+                One bool per generated image (prompts x `num_images_per_prompt`): which images
+                get the identity (tokens, scale and FaceID LoRA), in one batch; each image equals
+                a run of it alone, with or without `identity_embeds`. `None`: every image.
             control_image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list, *optional*):
                 The ControlNet condition, e.g. a face-mesh drawing: a PIL image, an RGB
                 `[H, W, 3]` / `[B, H, W, 3]` array (uint8, or float in [0, 1]), a `[3, H, W]` /
@@ -598,7 +585,7 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
                 Whether to return a [`StableDiffusionPipelineOutput`] instead of a tuple.
             cross_attention_kwargs (`dict`, *optional*):
                 Passed to the UNet's attention processors (e.g. `{"scale": 0.5}` for LoRA); the
-                identity tokens are added under `"identity_tokens"`.
+                identity inputs are added under `"portrait"` (an `adapters.AttentionCallState`).
             guidance_rescale (`float`, *optional*, defaults to 0.0):
                 Guidance rescale factor from [Common Diffusion Noise Schedules and Sample Steps
                 are Flawed](https://huggingface.co/papers/2305.08891).
@@ -651,6 +638,8 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
             identity_image,
             control_images,
             controlnet_conditioning_scale,
+            identity_rows=identity_rows,
+            num_images_per_prompt=num_images_per_prompt,
         )
 
         self._guidance_scale = guidance_scale
@@ -711,10 +700,12 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
                 num_images=batch_size * num_images_per_prompt,
                 do_classifier_free_guidance=self.do_classifier_free_guidance,
             )
-            self._cross_attention_kwargs = {
-                **(cross_attention_kwargs or {}),
-                "identity_tokens": identity_tokens,
-            }
+            self._cross_attention_kwargs = self.attention_call_kwargs(
+                cross_attention_kwargs,
+                identity_tokens=identity_tokens,
+                identity_scale=identity_scale,
+                identity_rows=identity_rows,
+            )
 
         # 5. Prepare the control images
         if control_images is not None:
@@ -774,15 +765,12 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
 
         # 9. Denoising loop
         # Copied from diffusers.pipelines.controlnet.pipeline_controlnet.StableDiffusionControlNetPipeline.__call__  # noqa: E501
-        # with changes: the ControlNet is optional (it runs only with a `control_image`), the
-        # identity scale holds for this call, guidance rescale as in StableDiffusionPipeline, no
-        # guess mode or control guidance window, no deprecated `callback`.
+        # with changes: the ControlNet is optional (it runs only with a `control_image`),
+        # guidance rescale as in StableDiffusionPipeline, no guess mode or control guidance
+        # window, no deprecated `callback`.
         num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
         self._num_timesteps = len(timesteps)
-        with (
-            identity_scale_for_call(self, identity_scale),
-            self.progress_bar(total=num_inference_steps) as progress_bar,
-        ):
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue

@@ -54,7 +54,6 @@ from pipelines.portrait import (
     condition_image_tensor,
     control_image_tensors,
     encode_identity_tokens,
-    identity_scale_for_call,
     prepare_condition_image,
 )
 
@@ -101,7 +100,7 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
     A [`~diffusers.StableDiffusionXLPipeline`] whose denoising loop also:
 
     - feeds the identity adapter's tokens to the UNet (through
-      `cross_attention_kwargs["identity_tokens"]`);
+      `cross_attention_kwargs["portrait"]`);
     - with a `keypoint_image`, runs the `identitynet` (InstantID's IdentityNet: a ControlNet whose
       cross-attention reads the identity tokens instead of the prompt) on the keypoint drawing;
     - with a `control_image`, runs the `controlnet` (one net or a [`MultiControlNetModel`]) on
@@ -272,6 +271,8 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
         control_images: list[torch.Tensor] | None = None,
         identitynet_conditioning_scale: float = 1.0,
         controlnet_conditioning_scale: float | list[float] = 1.0,
+        identity_rows: Sequence[bool] | None = None,
+        num_images_per_prompt: int = 1,
     ) -> None:
         """[`~diffusers.StableDiffusionXLPipeline.check_inputs`] plus identity and conditions.
 
@@ -299,6 +300,9 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
         batch_size = len(prompt) if isinstance(prompt, list) else 1
         if prompt is None:
             batch_size = prompt_embeds.shape[0]
+        if identity_rows is not None and identity_embeds is None:
+            raise ValueError("`identity_rows` was given without `identity_embeds`")
+        self.check_identity_rows(identity_rows, num_images=batch_size * num_images_per_prompt)
 
         if keypoint_images is not None:
             if identity_embeds is None:
@@ -361,6 +365,7 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
         identity_embeds: torch.Tensor | None = None,
         identity_scale: float | dict | None = None,
         identity_image: PipelineImageInput | None = None,
+        identity_rows: Sequence[bool] | None = None,
         keypoint_image: ConditionImageInput | None = None,
         identitynet_conditioning_scale: float = 1.0,
         control_image: ConditionImageInput | list[ConditionImageInput] | None = None,
@@ -443,6 +448,12 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
             identity_image (`PipelineImageInput`, *optional*):
                 FaceID-PlusV2 only: the aligned face crops of the reference photos, one per row
                 of `identity_embeds`, encoded by `image_encoder`.
+            identity_rows (`list[bool]`, *optional*):
+                One bool per generated image (prompts x `num_images_per_prompt`): which images
+                get the identity (tokens, scale, FaceID LoRA and the IdentityNet, whose residuals
+                are zero on the other images), in one batch; each image equals a run of it
+                alone, with or without `identity_embeds` and `keypoint_image`. `None`: every
+                image.
             keypoint_image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list, *optional*):
                 The IdentityNet's condition: the face keypoints drawn at the output size, as a
                 PIL image, an RGB `[H, W, 3]` / `[B, H, W, 3]` array (uint8, or float in [0, 1]),
@@ -466,7 +477,7 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
                 Whether to return a [`StableDiffusionXLPipelineOutput`] instead of a tuple.
             cross_attention_kwargs (`dict`, *optional*):
                 Passed to the UNet's attention processors (e.g. `{"scale": 0.5}` for LoRA); the
-                identity tokens are added under `"identity_tokens"`.
+                identity inputs are added under `"portrait"` (an `adapters.AttentionCallState`).
             guidance_rescale (`float`, *optional*, defaults to 0.0):
                 Guidance rescale factor from [Common Diffusion Noise Schedules and Sample Steps
                 are Flawed](https://huggingface.co/papers/2305.08891).
@@ -537,6 +548,8 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
             control_images,
             identitynet_conditioning_scale,
             controlnet_conditioning_scale,
+            identity_rows=identity_rows,
+            num_images_per_prompt=num_images_per_prompt,
         )
 
         self._guidance_scale = guidance_scale
@@ -584,7 +597,7 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
         )
 
         # 4. Encode the identity: its tokens reach the adapter's processors and the IdentityNet
-        identity_tokens = None
+        identity_tokens = identity_row_mask = None
         if identity_embeds is not None:
             identity_tokens = encode_identity_tokens(
                 self,
@@ -594,10 +607,15 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
                 num_images=batch_size * num_images_per_prompt,
                 do_classifier_free_guidance=self.do_classifier_free_guidance,
             )
-            self._cross_attention_kwargs = {
-                **(cross_attention_kwargs or {}),
-                "identity_tokens": identity_tokens,
-            }
+            self._cross_attention_kwargs = self.attention_call_kwargs(
+                cross_attention_kwargs,
+                identity_tokens=identity_tokens,
+                identity_scale=identity_scale,
+                identity_rows=identity_rows,
+            )
+            identity_row_mask = self.identity_row_mask(
+                identity_rows, batch_size=len(identity_tokens), device=device
+            )
 
         # 5. Prepare the keypoint and control images
         condition_kwargs = {
@@ -711,16 +729,14 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
         # 12. Denoising loop
         # Copied from diffusers.pipelines.controlnet.pipeline_controlnet_sd_xl.StableDiffusionXLControlNetPipeline.__call__  # noqa: E501
         # with changes: two optional nets, the IdentityNet (on the identity tokens) and the
-        # ControlNet (on the prompt), whose residuals are summed; the identity scale holds for
-        # this call; guidance rescale and `set_begin_index` as in StableDiffusionXLPipeline; no
-        # guess mode or control guidance window, no deprecated `callback`.
+        # ControlNet (on the prompt), whose residuals are summed (the IdentityNet's zeroed on
+        # identity-off images); guidance rescale and `set_begin_index` as in
+        # StableDiffusionXLPipeline; no guess mode or control guidance window, no deprecated
+        # `callback`.
         self._num_timesteps = len(timesteps)
         if hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(0)
-        with (
-            identity_scale_for_call(self, identity_scale),
-            self.progress_bar(total=num_inference_steps) as progress_bar,
-        ):
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
@@ -745,6 +761,11 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
                         added_cond_kwargs=added_cond_kwargs,
                         return_dict=False,
                     )
+                    if identity_row_mask is not None:  # identity-off images: no IdentityNet
+                        down_block_res_samples = [
+                            residual * identity_row_mask for residual in down_block_res_samples
+                        ]
+                        mid_block_res_sample = mid_block_res_sample * identity_row_mask
                 if control_images is not None:
                     control_down, control_mid = self.controlnet(
                         latent_model_input,
