@@ -35,7 +35,6 @@ from adapters.stack import (
     ContributionInput,
     PortraitAttnProcessor,
     Stage,
-    token_attention,
 )
 
 #: The identity adapter's contribution name in the attention stack and the call state.
@@ -141,7 +140,9 @@ class IdentityContribution(Contribution):
             FaceID LoRA included.
 
     Active in a call whose state holds ``ContributionInput(tokens=...)`` under ``"identity"``:
-    tokens ``[batch, num_tokens, cross_attention_dim]`` (negatives first under CFG).
+    tokens ``[batch, num_tokens, cross_attention_dim]`` (negatives first under CFG). Its keys
+    and values ``to_k_ip(tokens)``, ``to_v_ip(tokens)`` are computed once per call (see
+    :meth:`adapters.stack.AttentionCallState.keys_values`).
     """
 
     foldable = True
@@ -165,9 +166,9 @@ class IdentityContribution(Contribution):
     def projection_delta(self, proj: str, x: torch.Tensor) -> torch.Tensor:
         return getattr(self.layer, f"{proj}_lora")(x)
 
-    def cross_attention_term(
-        self, attn: Attention, query: torch.Tensor, inputs: ContributionInput | None
-    ) -> torch.Tensor:
+    def token_keys_values(
+        self, attn: Attention, inputs: ContributionInput | None, query: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         identity_tokens = inputs.tokens
         batch, width = query.shape[0], self.layer.to_k_ip.in_features
         if identity_tokens.ndim != 3 or identity_tokens.shape[0] != batch:
@@ -183,7 +184,7 @@ class IdentityContribution(Contribution):
                 f"{width}-d tokens; encode them with this pipeline's encode_identity"
             )
         tokens = identity_tokens.to(query.dtype)
-        return token_attention(query, self.layer.to_k_ip(tokens), self.layer.to_v_ip(tokens))
+        return self.layer.to_k_ip(tokens), self.layer.to_v_ip(tokens)
 
 
 class IdentityAttnProcessor(PortraitAttnProcessor):

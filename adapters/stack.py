@@ -15,6 +15,9 @@ attribute repair, multi-person terms next) is a :class:`Contribution` with a ``n
    processor, exactly as ``IPAdapterAttnProcessor2_0`` adds them.
 4. **Decoupled cross-attention terms** (:attr:`Stage.CROSS_ATTENTION`, e.g. identity, W+):
    ``+ scale * mask * attn(q, k_c, v_c)`` each, with its scale, optional spatial mask and rows.
+   Keys and values that depend only on the call's tokens and the weights
+   (``token_keys_values``) are computed once per call and layer and kept in the call state,
+   not once per denoising step.
 5. **Output projection**: ``to_out`` (with the projection modifiers' ``to_out`` terms), dropout,
    residual and rescale as diffusers does.
 
@@ -102,6 +105,7 @@ class AttentionCallState:
 
     inputs: dict[str, ContributionInput] = field(default_factory=dict)
     _row_masks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _keys_values: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def with_input(self, name: str, value: ContributionInput) -> AttentionCallState:
         """A copy with ``name``'s input set (the others kept)."""
@@ -109,10 +113,49 @@ class AttentionCallState:
 
     def row_mask(self, rows: tuple[bool, ...], like: torch.Tensor) -> torch.Tensor:
         """``rows`` as a ``[batch]`` tensor on ``like``'s device and dtype, made once per call."""
+        if torch.compiler.is_compiling():  # a cache lookup would specialise the graph
+            return torch.tensor(rows, device=like.device, dtype=like.dtype)
         key = (rows, like.device, like.dtype)
         if key not in self._row_masks:
             self._row_masks[key] = torch.tensor(rows, device=like.device, dtype=like.dtype)
         return self._row_masks[key]
+
+    def keys_values(
+        self,
+        contribution: Contribution,
+        attn: Attention,
+        inputs: ContributionInput | None,
+        query: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``contribution.token_keys_values(attn, inputs, query)``, computed once per call.
+
+        Kept per (contribution, layer) for the steps of one call. Reused only while the tokens
+        object, the query's batch, dtype and device, and every weight of the contribution
+        (storage, in-place version, device) are the ones it was computed from, so offload
+        moves, weights changed in place and a state reused across calls recompute it. Inside
+        ``torch.compile`` it is computed in the graph (a lookup would specialise the graph on
+        the cache's contents and recompile per call).
+        """
+        if torch.compiler.is_compiling():
+            return contribution.token_keys_values(attn, inputs, query)
+        return self._cached_keys_values(contribution, attn, inputs, query)
+
+    def _cached_keys_values(self, contribution, attn, inputs, query):
+        tokens = None if inputs is None else inputs.tokens
+        stamp = (
+            query.shape[0],
+            query.dtype,
+            query.device,
+            None if tokens is None else tokens._version,
+            tuple((p.data_ptr(), p._version, p.device) for p in contribution.parameters()),
+        )
+        key = (id(contribution), id(attn))
+        cached = self._keys_values.get(key)
+        if cached is not None and cached[0] is tokens and cached[1] == stamp:
+            return cached[2]
+        keys_values = contribution.token_keys_values(attn, inputs, query)
+        self._keys_values[key] = (tokens, stamp, keys_values)
+        return keys_values
 
 
 class Contribution(nn.Module):
@@ -130,9 +173,13 @@ class Contribution(nn.Module):
     - SELF_ATTENTION: ``edit_self_attention(attn, query, key, value, bias, inputs, scale)``
       returns ``(key, value, bias)``; it may append keys/values (never change existing ones) and
       add to ``bias`` (``[batch, 1 or heads, queries, keys]`` additive logits, or ``None``).
-    - CROSS_ATTENTION: ``cross_attention_term(attn, query, inputs)`` returns the unscaled term
-      ``[batch, queries, inner_dim]`` (or ``None`` on a layer it has nothing for); the stack
-      multiplies it by the scale, the spatial mask and the rows.
+    - CROSS_ATTENTION: ``token_keys_values(attn, inputs, query)`` returns keys and values
+      ``[batch, num_tokens, inner_dim]`` that depend only on ``inputs`` and the weights (not on
+      the query's values: ``query`` gives the batch, dtype and device); the stack computes them
+      once per call and layer and adds ``attn(q, k, v)``. Otherwise
+      ``cross_attention_term(attn, query, inputs)`` returns the unscaled term
+      ``[batch, queries, inner_dim]`` each step. ``None`` from either: nothing on this layer.
+      The stack multiplies the term by the scale, the spatial mask and the rows.
     """
 
     name: str
@@ -167,6 +214,11 @@ class Contribution(nn.Module):
         scale: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         return key, value, bias
+
+    def token_keys_values(
+        self, attn: Attention, inputs: ContributionInput | None, query: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None
 
     def cross_attention_term(
         self, attn: Attention, query: torch.Tensor, inputs: ContributionInput | None
@@ -348,7 +400,11 @@ class PortraitAttnProcessor(nn.Module):
         for item in active:
             if Stage.CROSS_ATTENTION not in item.contribution.stages:
                 continue
-            term = item.contribution.cross_attention_term(attn, query, item.inputs)
+            keys_values = state.keys_values(item.contribution, attn, item.inputs, query)
+            if keys_values is not None:
+                term = token_attention(query, *keys_values)
+            else:
+                term = item.contribution.cross_attention_term(attn, query, item.inputs)
             if term is None:
                 continue
             term = item.scale * term
