@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from studio.errors import one_line, user_error_types
-from studio.settings import DEVICES, DTYPES, Settings, load_settings
+from studio.settings import DEVICES, DTYPES, OFFLOAD_MODES, Settings, load_settings
 
 EXIT_USER_ERROR = 1
 EXIT_USAGE = 2
@@ -60,6 +60,24 @@ def common_options() -> argparse.ArgumentParser:
     return common
 
 
+def speed_options(parser: argparse.ArgumentParser) -> None:
+    """``--compile`` and ``--offload`` for the commands that generate images."""
+    g = parser.add_argument_group("speed and memory")
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="compile the denoiser's repeated blocks (slow first image, faster after; "
+        "STUDIO_COMPILE)",
+    )
+    g.add_argument(
+        "--offload",
+        choices=OFFLOAD_MODES,
+        help="keep models on the CPU between uses: model (one at a time) or group (blocks "
+        "streamed; least GPU memory) (STUDIO_OFFLOAD)",
+    )
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(
         config=args.config,
@@ -70,6 +88,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         dtype=args.dtype,
         offline=args.offline,
         weights=dict(args.weights) if args.weights else None,
+        compile=getattr(args, "compile", None),
+        offload=getattr(args, "offload", None),
     )
 
 

@@ -7,6 +7,10 @@
   the pipelines derived from it with diffusers' ``from_pipe`` (they share every weight), and
   falls back to model CPU offload when the GPU runs out of memory.
 
+Built pipelines get the settings' speed and memory choices (:mod:`studio.speed`): offload mode,
+regional compilation (once per load: later requests, with other prompts, seeds or identities,
+reuse the compiled blocks), VAE tiling per request size and the attention kernel.
+
 A derived pipeline is a kind registered with :func:`register_derived`: a function from the
 base family to a pipeline class (``inpaint`` is built in; face swap or repair register theirs).
 """
@@ -16,7 +20,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -26,6 +30,7 @@ from studio.families import BaseFamily, family_of_folder
 from studio.models.catalog import ModelSet
 from studio.models.resolver import ModelResolver
 from studio.settings import Settings
+from studio.speed import attention_backend, compile_denoiser, fit_vae, place
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +49,8 @@ register_derived("inpaint", BaseFamily.inpaint_pipeline_class)
 
 
 def build_pipeline(model_set: ModelSet, settings: Settings, *, identity: bool = True):
-    """Load the set's base pipeline onto the configured device and dtype.
+    """Load the set's base pipeline onto the configured device and dtype, placed with the
+    settings' offload mode and compiled when ``settings.compile``.
 
     With ``identity`` the family's identity adapter is loaded and its pose ControlNet (when the
     set has one) is attached.
@@ -70,7 +76,17 @@ def build_pipeline(model_set: ModelSet, settings: Settings, *, identity: bool = 
     if identity:
         pipe.load_identity_adapter(resolver.resolve(model_set, family.adapter_component))
     pipe.set_progress_bar_config(leave=False)
-    return pipe.to(settings.torch_device())
+    place(pipe, settings.offload, settings.torch_device())
+    if settings.compile:
+        compile_denoiser(pipe, backend=settings.compile_backend)
+    return pipe
+
+
+def run_pipeline(pipe, settings: Settings, **call: Any):
+    """``pipe(**call)`` with the VAE fitted to the requested size and the attention kernel set."""
+    fit_vae(pipe, width=call.get("width"), height=call.get("height"), mode=settings.vae_tiling)
+    with attention_backend(settings.attention_backend):
+        return pipe(**call)
 
 
 def assemble_pipeline(
@@ -111,6 +127,8 @@ class _Hosted:
     derived: dict[str, Any] = field(default_factory=dict)
     loras: tuple[ActiveLora, ...] = ()
     offloaded: bool = False
+    grouped: bool = False
+    """Group offloading is on (from the settings); it never falls back to model offload."""
     hooked: Any = None
     """With offload on, the pipeline whose offload hooks the shared modules carry."""
 
@@ -118,10 +136,13 @@ class _Hosted:
 class PipelineHost:
     """One model set's identity pipeline, its LoRAs and its derived pipelines, built on first use.
 
-    Not thread-safe: callers hold their GPU lock around every call.
+    ``compile`` overrides ``settings.compile``. Not thread-safe: callers hold their GPU lock
+    around every call.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, compile: bool | None = None) -> None:
+        if compile is not None:
+            settings = replace(settings, compile=compile)
         self.settings = settings
         self._hosted: _Hosted | None = None
 
@@ -136,13 +157,22 @@ class PipelineHost:
 
     @property
     def offloaded(self) -> bool:
-        return bool(self._hosted and self._hosted.offloaded)
+        """Models live on the CPU between uses (model or group offload)."""
+        return bool(self._hosted and (self._hosted.offloaded or self._hosted.grouped))
 
     def pipeline(self, model_set: ModelSet):
         """The set's identity pipeline; loading another set unloads the previous one first."""
         if self._hosted is None or self._hosted.model_set.name != model_set.name:
             self.unload()
-            self._hosted = _Hosted(model_set, build_pipeline(model_set, self.settings))
+            pipe = build_pipeline(model_set, self.settings)
+            offload = self.settings.offload
+            self._hosted = _Hosted(
+                model_set,
+                pipe,
+                offloaded=offload == "model",
+                grouped=offload == "group",
+                hooked=pipe if offload == "model" else None,
+            )
         return self._ready(self._hosted.pipe)
 
     def derived(self, kind: str):
@@ -186,7 +216,7 @@ class PipelineHost:
         Returns the images and a note for the user when offload was switched on.
         """
         try:
-            return pipe(**call).images, None
+            return run_pipeline(pipe, self.settings, **call).images, None
         except torch.OutOfMemoryError:
             if self.offloaded:
                 raise _out_of_memory() from None
@@ -195,7 +225,7 @@ class PipelineHost:
         self._require().offloaded = True
         self._ready(pipe)
         try:
-            images = pipe(**call).images
+            images = run_pipeline(pipe, self.settings, **call).images
         except torch.OutOfMemoryError:
             raise _out_of_memory() from None
         return images, OFFLOAD_NOTE

@@ -2,7 +2,8 @@
 
 Precedence, highest first: command-line flags, environment variables (``STUDIO_DATA_DIR``,
 ``STUDIO_MODELS_DIR``, ``STUDIO_OUTPUT_DIR``, ``STUDIO_DEVICE``, ``STUDIO_DTYPE``,
-``STUDIO_FACES_DEVICE``, ``STUDIO_OFFLINE`` / ``HF_HUB_OFFLINE``), the TOML config file
+``STUDIO_FACES_DEVICE``, ``STUDIO_OFFLOAD``, ``STUDIO_COMPILE``, ``STUDIO_OFFLINE`` /
+``HF_HUB_OFFLINE``), the TOML config file
 (``STUDIO_CONFIG`` or ``<config dir>/config.toml``), then defaults under the user's data and
 cache directories.
 """
@@ -26,6 +27,10 @@ else:  # pragma: no cover
 APP_NAME = "portrait-studio"
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+#: Speed and memory choices, applied by :mod:`studio.speed`.
+OFFLOAD_MODES = ("none", "model", "group")
+VAE_TILING_MODES = ("auto", "on", "off")
+ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -43,7 +48,11 @@ class Settings:
     """Where the studio keeps its files and what hardware it runs on.
 
     ``faces_device`` is where the ONNX face models run; ``auto`` follows ``device``, ``cpu``
-    keeps them off the GPU.
+    keeps them off the GPU. Speed and memory (see :mod:`studio.speed`): ``offload`` (``none``,
+    ``model``: one model on the GPU at a time, ``group``: blocks streamed from the CPU),
+    ``compile`` (regional ``torch.compile`` of the denoiser with ``compile_backend``),
+    ``vae_tiling`` (``auto``: above 1024x1024 pixels) and ``attention_backend`` (PyTorch's
+    scaled-dot-product kernel; ``auto`` lets PyTorch pick).
     """
 
     data_dir: Path
@@ -54,6 +63,11 @@ class Settings:
     offline: bool = False
     weights: Mapping[str, Path] = field(default_factory=dict)
     faces_device: str = "auto"
+    offload: str = "none"
+    compile: bool = False
+    compile_backend: str = "inductor"
+    vae_tiling: str = "auto"
+    attention_backend: str = "auto"
 
     def __post_init__(self) -> None:
         for key in ("device", "faces_device"):
@@ -66,6 +80,16 @@ class Settings:
             raise ConfigError(
                 f"dtype {self.dtype!r} is not supported; use one of {', '.join(DTYPES)}"
             )
+        for key, allowed in (
+            ("offload", OFFLOAD_MODES),
+            ("vae_tiling", VAE_TILING_MODES),
+            ("attention_backend", ATTENTION_BACKENDS),
+        ):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(
+                    f"{key} {getattr(self, key)!r} is not supported; use one of "
+                    f"{', '.join(allowed)}"
+                )
 
     def torch_device(self) -> str:
         """The concrete device: ``auto`` picks cuda, then mps, then cpu."""
@@ -80,12 +104,18 @@ class Settings:
         return "cpu"
 
     def torch_dtype(self):
-        """The concrete dtype: ``auto`` is float16 on a GPU and float32 on the CPU."""
+        """The concrete dtype: ``auto`` is bfloat16 on a CUDA GPU that supports it, else
+        float16 on a GPU and float32 on the CPU."""
         import torch
 
         if self.dtype != "auto":
             return getattr(torch, self.dtype)
-        return torch.float32 if self.torch_device() == "cpu" else torch.float16
+        device = self.torch_device()
+        if device == "cpu":
+            return torch.float32
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
 
     @property
     def profiles_dir(self) -> Path:
@@ -130,9 +160,12 @@ def load_settings(
         ("device", "STUDIO_DEVICE"),
         ("dtype", "STUDIO_DTYPE"),
         ("faces_device", "STUDIO_FACES_DEVICE"),
+        ("offload", "STUDIO_OFFLOAD"),
     ):
         if env.get(var):
             values[key] = env[var]
+    if env.get("STUDIO_COMPILE"):
+        values["compile"] = env["STUDIO_COMPILE"].lower() in _TRUE
     if any(env.get(var, "").lower() in _TRUE for var in ("STUDIO_OFFLINE", "HF_HUB_OFFLINE")):
         values["offline"] = True
     for key, value in flags.items():
@@ -154,4 +187,15 @@ def load_settings(
         offline=bool(values.get("offline", False)),
         weights=weights,
         faces_device=str(values.get("faces_device", "auto")),
+        offload=str(values.get("offload", "none")),
+        compile=_flag("compile", values.get("compile", False)),
+        compile_backend=str(values.get("compile_backend", "inductor")),
+        vae_tiling=str(values.get("vae_tiling", "auto")),
+        attention_backend=str(values.get("attention_backend", "auto")),
     )
+
+
+def _flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from studio import generate
+from studio.cli_common import speed_options
 from studio.models import select_model_set
 from studio.settings import Settings
 
@@ -29,6 +30,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--out", type=Path, help="output folder (default: the output dir)")
+    speed_options(p)
     p.set_defaults(handler=run)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from studio.cli_common import speed_options
 from studio.settings import Settings
 
 
@@ -31,6 +32,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--models", default="tiny", help="model set (default: tiny)")
     p.add_argument("--out", type=Path, help="output folder (default: the history folder)")
+    speed_options(p)
     p.set_defaults(handler=run)
 
 
