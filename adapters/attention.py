@@ -57,8 +57,13 @@ class LoRALinear(nn.Module):
         """``base + up @ down``: the projection weight with this LoRA folded in, cached.
 
         One matmul per projection instead of three; the cache is rebuilt whenever the base
-        weight or the LoRA weights change (in place or replaced) and is never saved.
+        weight or the LoRA weights change (in place or replaced) and is never saved. Inside
+        ``torch.compile`` the sum is part of the graph (a cache keyed on storage would break
+        the graph and recompile).
         """
+        if torch.compiler.is_compiling():
+            delta = self.up.weight.float() @ self.down.weight.float()
+            return (base.float() + delta).to(base.dtype)
         key = tuple(
             (w.data_ptr(), w._version, w.dtype, w.device, w.shape)
             for w in (base, self.down.weight, self.up.weight)
