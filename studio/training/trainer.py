@@ -244,7 +244,8 @@ class Trainer:
             {"params": lora_parameters(e), "lr": config.text_encoder_lr or config.lr}
             for e in trained[1:]
         ]
-        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=1e-2)
+        fused = accel.device.type == "cuda"  # one kernel for all LoRA tensors
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=1e-2, fused=fused)
         self.lr_scheduler = get_scheduler(
             "constant_with_warmup", optimizer, num_warmup_steps=config.lr_warmup_steps
         )
