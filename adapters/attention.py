@@ -171,6 +171,9 @@ class IdentityContribution(Contribution):
     def projection_delta(self, proj: str, x: torch.Tensor) -> torch.Tensor:
         return getattr(self.layer, f"{proj}_lora")(x)
 
+    def token_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.layer.to_k_ip.weight, self.layer.to_v_ip.weight
+
     def token_keys_values(
         self, attn: Attention, inputs: ContributionInput | None, query: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

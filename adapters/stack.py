@@ -38,7 +38,7 @@ with ``pipe.add_attention_contribution(...)`` (layer names and widths from
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import NamedTuple
@@ -130,11 +130,11 @@ class AttentionCallState:
         """``contribution.token_keys_values(attn, inputs, query)``, computed once per call.
 
         Kept per (contribution, layer) for the steps of one call. Reused only while the tokens
-        object, the query's batch, dtype and device, and every weight of the contribution
-        (storage, in-place version, device) are the ones it was computed from, so offload
-        moves, weights changed in place and a state reused across calls recompute it. Inside
-        ``torch.compile`` it is computed in the graph (a lookup would specialise the graph on
-        the cache's contents and recompile per call).
+        object, the query's batch, dtype and device, and the weights it reads
+        (``token_weights``: storage, in-place version, device) are the ones it was computed
+        from, so offload moves, weights changed in place and a state reused across calls
+        recompute it. Inside ``torch.compile`` it is computed in the graph (a lookup would
+        specialise the graph on the cache's contents and recompile per call).
         """
         if torch.compiler.is_compiling():
             return contribution.token_keys_values(attn, inputs, query)
@@ -147,7 +147,7 @@ class AttentionCallState:
             query.dtype,
             query.device,
             None if tokens is None else tokens._version,
-            tuple((p.data_ptr(), p._version, p.device) for p in contribution.parameters()),
+            tuple((w.data_ptr(), w._version, w.device) for w in contribution.token_weights()),
         )
         key = (id(contribution), id(attn))
         cached = self._keys_values.get(key)
@@ -176,7 +176,8 @@ class Contribution(nn.Module):
     - CROSS_ATTENTION: ``token_keys_values(attn, inputs, query)`` returns keys and values
       ``[batch, num_tokens, inner_dim]`` that depend only on ``inputs`` and the weights (not on
       the query's values: ``query`` gives the batch, dtype and device); the stack computes them
-      once per call and layer and adds ``attn(q, k, v)``. Otherwise
+      once per call and layer (again when one of ``token_weights()``, by default all its
+      parameters, changes) and adds ``attn(q, k, v)``. Otherwise
       ``cross_attention_term(attn, query, inputs)`` returns the unscaled term
       ``[batch, queries, inner_dim]`` each step. ``None`` from either: nothing on this layer.
       The stack multiplies the term by the scale, the spatial mask and the rows.
@@ -219,6 +220,10 @@ class Contribution(nn.Module):
         self, attn: Attention, inputs: ContributionInput | None, query: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None
+
+    def token_weights(self) -> Iterable[torch.Tensor]:
+        """The weights ``token_keys_values`` reads: a change to one recomputes them."""
+        return self.parameters()
 
     def cross_attention_term(
         self, attn: Attention, query: torch.Tensor, inputs: ContributionInput | None
