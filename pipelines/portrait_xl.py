@@ -46,15 +46,11 @@ from transformers import (
 )
 
 from adapters import IdentityAdapterMixin
-from pipelines.portrait import (
+from pipelines.conditioning import (
     ConditionImageInput,
+    PortraitConditioningMixin,
     check_condition_image,
-    check_controlnet_conditioning_scale,
-    check_identity_inputs,
     condition_image_tensor,
-    control_image_tensors,
-    encode_identity_tokens,
-    identity_scale_for_call,
     prepare_condition_image,
 )
 
@@ -94,7 +90,9 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
+class PortraitXLPipeline(
+    PortraitConditioningMixin, IdentityAdapterMixin, StableDiffusionXLPipeline
+):
     r"""
     Pipeline for identity-preserving portraits with Stable Diffusion XL, InstantID style.
 
@@ -233,7 +231,7 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
         """Return the IdentityNet's ``[B, C, H, W]`` condition in ``[0, 1]``, or `None` without one.
 
         Layout, channels and value range are checked here (see
-        [`~pipelines.portrait.condition_image_tensor`]); size and batch in `check_inputs`.
+        [`~pipelines.conditioning.condition_image_tensor`]); size and batch in `check_inputs`.
         """
         if keypoint_image is None:
             return None
@@ -265,6 +263,7 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
         ip_adapter_image: PipelineImageInput | None = None,
         ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] | None = None,
+        *,
         identity_embeds: torch.Tensor | None = None,
         identity_scale: float | dict | None = None,
         identity_image: PipelineImageInput | None = None,
@@ -277,7 +276,7 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
 
         `keypoint_images` and `control_images` are the batches from
         [`~PortraitXLPipeline.keypoint_image_tensor`] and
-        [`~pipelines.portrait.control_image_tensors`].
+        [`~pipelines.conditioning.PortraitConditioningMixin.control_image_tensors`].
         """
         super().check_inputs(
             prompt,
@@ -285,55 +284,101 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
             height,
             width,
             callback_steps,
-            negative_prompt,
-            negative_prompt_2,
-            prompt_embeds,
-            negative_prompt_embeds,
-            pooled_prompt_embeds,
-            negative_pooled_prompt_embeds,
-            ip_adapter_image,
-            ip_adapter_image_embeds,
-            callback_on_step_end_tensor_inputs,
+            negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
-        check_identity_inputs(self, identity_embeds, identity_scale, identity_image)
-        batch_size = len(prompt) if isinstance(prompt, list) else 1
-        if prompt is None:
-            batch_size = prompt_embeds.shape[0]
-
-        if keypoint_images is not None:
-            if identity_embeds is None:
-                raise ValueError(
-                    "`keypoint_image` conditions the IdentityNet on the identity tokens; pass "
-                    "`identity_embeds` too"
-                )
-            identitynet_width = self.identitynet.config.cross_attention_dim
-            if identitynet_width != self.unet.config.cross_attention_dim:
-                raise ValueError(
-                    f"the identitynet's cross-attention takes {identitynet_width}-d tokens but "
-                    f"the identity tokens are {self.unet.config.cross_attention_dim}-d (the UNet's "
-                    "width); load the IdentityNet made for this base model"
-                )
-            check_condition_image(
-                keypoint_images,
-                name="keypoint_image",
-                height=height,
-                width=width,
-                batch_size=batch_size,
-            )
-            if not isinstance(identitynet_conditioning_scale, (int, float)):
-                raise TypeError(
-                    "`identitynet_conditioning_scale` must be a float; found "
-                    f"{type(identitynet_conditioning_scale).__name__}"
-                )
-
-        if control_images is None:
+        batch_size = self.prompt_batch_size(prompt, prompt_embeds)
+        self.check_conditioning_inputs(
+            batch_size=batch_size,
+            height=height,
+            width=width,
+            identity_embeds=identity_embeds,
+            identity_scale=identity_scale,
+            identity_image=identity_image,
+            control_images=control_images,
+            controlnet_conditioning_scale=controlnet_conditioning_scale,
+        )
+        if keypoint_images is None:
             return
-        for index, image in enumerate(control_images):
-            name = "control_image" if len(control_images) == 1 else f"control_image[{index}]"
-            check_condition_image(
-                image, name=name, height=height, width=width, batch_size=batch_size
+        if identity_embeds is None:
+            raise ValueError(
+                "`keypoint_image` conditions the IdentityNet on the identity tokens; pass "
+                "`identity_embeds` too"
             )
-        check_controlnet_conditioning_scale(self.controlnet, controlnet_conditioning_scale)
+        identitynet_width = self.identitynet.config.cross_attention_dim
+        if identitynet_width != self.unet.config.cross_attention_dim:
+            raise ValueError(
+                f"the identitynet's cross-attention takes {identitynet_width}-d tokens but "
+                f"the identity tokens are {self.unet.config.cross_attention_dim}-d (the UNet's "
+                "width); load the IdentityNet made for this base model"
+            )
+        check_condition_image(
+            keypoint_images,
+            name="keypoint_image",
+            height=height,
+            width=width,
+            batch_size=batch_size,
+        )
+        if not isinstance(identitynet_conditioning_scale, (int, float)):
+            raise TypeError(
+                "`identitynet_conditioning_scale` must be a float; found "
+                f"{type(identitynet_conditioning_scale).__name__}"
+            )
+
+    def condition_residuals(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        *,
+        prompt_embeds: torch.Tensor,
+        added_cond_kwargs: dict[str, torch.Tensor],
+        identity_tokens: torch.Tensor | None,
+        keypoint_image: torch.Tensor | None,
+        identitynet_conditioning_scale: float,
+        control_image: torch.Tensor | list[torch.Tensor] | None,
+        controlnet_conditioning_scale: float | list[float],
+    ) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
+        """The summed residuals of the IdentityNet (on the identity tokens) and the ControlNet
+        (on the prompt); ``(None, None)`` when neither has a condition image."""
+        residuals = []
+        if keypoint_image is not None:
+            residuals.append(
+                self.identitynet(
+                    sample,
+                    timestep,
+                    encoder_hidden_states=identity_tokens,
+                    controlnet_cond=keypoint_image,
+                    conditioning_scale=identitynet_conditioning_scale,
+                    added_cond_kwargs=added_cond_kwargs,
+                    return_dict=False,
+                )
+            )
+        if control_image is not None:
+            residuals.append(
+                self.controlnet(
+                    sample,
+                    timestep,
+                    encoder_hidden_states=prompt_embeds,
+                    controlnet_cond=control_image,
+                    conditioning_scale=controlnet_conditioning_scale,
+                    added_cond_kwargs=added_cond_kwargs,
+                    return_dict=False,
+                )
+            )
+        if not residuals:
+            return None, None
+        down, mid = residuals[0]
+        for other_down, other_mid in residuals[1:]:
+            down = [first + second for first, second in zip(down, other_down, strict=True)]
+            mid = mid + other_mid
+        return down, mid
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -502,14 +547,11 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
 
         # 0. Condition images; they fix the output size when height and width are not given
         keypoint_images = self.keypoint_image_tensor(keypoint_image)
-        control_images = control_image_tensors(self.controlnet, control_image)
+        control_images = self.control_image_tensors(control_image)
         conditions = [keypoint_images] if keypoint_images is not None else []
-        conditions += control_images or []
-        if conditions:
-            height = height or conditions[0].shape[-2]
-            width = width or conditions[0].shape[-1]
-        height = height or self.default_sample_size * self.vae_scale_factor
-        width = width or self.default_sample_size * self.vae_scale_factor
+        height, width = self.default_height_width(
+            height, width, conditions + (control_images or [])
+        )
 
         original_size = original_size or (height, width)
         target_size = target_size or (height, width)
@@ -521,22 +563,22 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
             height,
             width,
             None,
-            negative_prompt,
-            negative_prompt_2,
-            prompt_embeds,
-            negative_prompt_embeds,
-            pooled_prompt_embeds,
-            negative_pooled_prompt_embeds,
-            ip_adapter_image,
-            ip_adapter_image_embeds,
-            callback_on_step_end_tensor_inputs,
-            identity_embeds,
-            identity_scale,
-            identity_image,
-            keypoint_images,
-            control_images,
-            identitynet_conditioning_scale,
-            controlnet_conditioning_scale,
+            negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            identity_embeds=identity_embeds,
+            identity_scale=identity_scale,
+            identity_image=identity_image,
+            keypoint_images=keypoint_images,
+            control_images=control_images,
+            identitynet_conditioning_scale=identitynet_conditioning_scale,
+            controlnet_conditioning_scale=controlnet_conditioning_scale,
         )
 
         self._guidance_scale = guidance_scale
@@ -586,43 +628,38 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
         # 4. Encode the identity: its tokens reach the adapter's processors and the IdentityNet
         identity_tokens = None
         if identity_embeds is not None:
-            identity_tokens = encode_identity_tokens(
-                self,
+            identity_tokens = self.encode_identity_tokens(
                 identity_embeds,
                 identity_image,
                 device=device,
                 num_images=batch_size * num_images_per_prompt,
                 do_classifier_free_guidance=self.do_classifier_free_guidance,
             )
-            self._cross_attention_kwargs = {
-                **(cross_attention_kwargs or {}),
-                "identity_tokens": identity_tokens,
-            }
 
         # 5. Prepare the keypoint and control images
-        condition_kwargs = {
-            "batch_size": batch_size,
-            "num_images_per_prompt": num_images_per_prompt,
-            "device": device,
-            "do_classifier_free_guidance": self.do_classifier_free_guidance,
-        }
         if keypoint_images is not None:
             keypoint_image = prepare_condition_image(
-                keypoint_images, dtype=self.identitynet.dtype, **condition_kwargs
+                keypoint_images,
+                batch_size=batch_size,
+                num_images_per_prompt=num_images_per_prompt,
+                device=device,
+                dtype=self.identitynet.dtype,
+                do_classifier_free_guidance=self.do_classifier_free_guidance,
             )
         if control_images is not None:
-            control_images = [
-                prepare_condition_image(image, dtype=self.controlnet.dtype, **condition_kwargs)
-                for image in control_images
-            ]
-            if isinstance(self.controlnet, MultiControlNetModel):
-                control_image = control_images
-                if not isinstance(controlnet_conditioning_scale, (list, tuple)):
-                    controlnet_conditioning_scale = [controlnet_conditioning_scale] * len(
-                        control_images
-                    )
-            else:
-                control_image = control_images[0]
+            control_image = self.prepare_control_images(
+                control_images,
+                batch_size=batch_size,
+                num_images_per_prompt=num_images_per_prompt,
+                device=device,
+                do_classifier_free_guidance=self.do_classifier_free_guidance,
+            )
+            if isinstance(self.controlnet, MultiControlNetModel) and not isinstance(
+                controlnet_conditioning_scale, (list, tuple)
+            ):
+                controlnet_conditioning_scale = [controlnet_conditioning_scale] * len(
+                    control_images
+                )
 
         # 6. Prepare timesteps
         timesteps, num_inference_steps = retrieve_timesteps(
@@ -708,134 +745,121 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
                 guidance_scale_tensor, embedding_dim=self.unet.config.time_cond_proj_dim
             ).to(device=device, dtype=latents.dtype)
 
-        # 12. Denoising loop
-        # Copied from diffusers.pipelines.controlnet.pipeline_controlnet_sd_xl.StableDiffusionXLControlNetPipeline.__call__  # noqa: E501
-        # with changes: two optional nets, the IdentityNet (on the identity tokens) and the
-        # ControlNet (on the prompt), whose residuals are summed; the identity scale holds for
-        # this call; guidance rescale and `set_begin_index` as in StableDiffusionXLPipeline; no
-        # guess mode or control guidance window, no deprecated `callback`.
+        # 12. Denoising loop, with the identity on the UNet's attention for this call
         self._num_timesteps = len(timesteps)
         if hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(0)
-        with (
-            identity_scale_for_call(self, identity_scale),
-            self.progress_bar(total=num_inference_steps) as progress_bar,
-        ):
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    continue
+        with self.identity_attention(
+            cross_attention_kwargs, identity_tokens=identity_tokens, identity_scale=identity_scale
+        ) as attention_kwargs:
+            self._cross_attention_kwargs = attention_kwargs
+            # Copied from diffusers.pipelines.controlnet.pipeline_controlnet_sd_xl.StableDiffusionXLControlNetPipeline.__call__  # noqa: E501
+            with self.progress_bar(total=num_inference_steps) as progress_bar:
+                for i, t in enumerate(timesteps):
+                    if self.interrupt:
+                        continue
 
-                # expand the latents if we are doing classifier free guidance
-                latent_model_input = (
-                    torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
-                )
-                latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+                    # expand the latents if we are doing classifier free guidance
+                    latent_model_input = (
+                        torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
+                    )
+                    latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
 
-                added_cond_kwargs = {"text_embeds": add_text_embeds, "time_ids": add_time_ids}
+                    added_cond_kwargs = {"text_embeds": add_text_embeds, "time_ids": add_time_ids}
 
-                # identitynet and controlnet(s) inference
-                down_block_res_samples, mid_block_res_sample = None, None
-                if keypoint_images is not None:
-                    down_block_res_samples, mid_block_res_sample = self.identitynet(
+                    # Portrait: two optional nets, the IdentityNet and the ControlNet
+                    down_block_res_samples, mid_block_res_sample = self.condition_residuals(
                         latent_model_input,
                         t,
-                        encoder_hidden_states=identity_tokens,
-                        controlnet_cond=keypoint_image,
-                        conditioning_scale=identitynet_conditioning_scale,
+                        prompt_embeds=prompt_embeds,
                         added_cond_kwargs=added_cond_kwargs,
-                        return_dict=False,
+                        identity_tokens=identity_tokens,
+                        keypoint_image=keypoint_image,
+                        identitynet_conditioning_scale=identitynet_conditioning_scale,
+                        control_image=control_image,
+                        controlnet_conditioning_scale=controlnet_conditioning_scale,
                     )
-                if control_images is not None:
-                    control_down, control_mid = self.controlnet(
+
+                    if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
+                        added_cond_kwargs["image_embeds"] = image_embeds
+
+                    # predict the noise residual
+                    noise_pred = self.unet(
                         latent_model_input,
                         t,
                         encoder_hidden_states=prompt_embeds,
-                        controlnet_cond=control_image,
-                        conditioning_scale=controlnet_conditioning_scale,
+                        timestep_cond=timestep_cond,
+                        cross_attention_kwargs=self.cross_attention_kwargs,
+                        down_block_additional_residuals=down_block_res_samples,
+                        mid_block_additional_residual=mid_block_res_sample,
                         added_cond_kwargs=added_cond_kwargs,
                         return_dict=False,
-                    )
-                    if down_block_res_samples is None:
-                        down_block_res_samples, mid_block_res_sample = control_down, control_mid
-                    else:
-                        down_block_res_samples = [
-                            identity + control
-                            for identity, control in zip(
-                                down_block_res_samples, control_down, strict=True
-                            )
-                        ]
-                        mid_block_res_sample = mid_block_res_sample + control_mid
+                    )[0]
 
-                if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
-                    added_cond_kwargs["image_embeds"] = image_embeds
+                    # perform guidance
+                    if self.do_classifier_free_guidance:
+                        noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+                        noise_pred = noise_pred_uncond + guidance_scale * (
+                            noise_pred_text - noise_pred_uncond
+                        )
 
-                # predict the noise residual
-                noise_pred = self.unet(
-                    latent_model_input,
-                    t,
-                    encoder_hidden_states=prompt_embeds,
-                    timestep_cond=timestep_cond,
-                    cross_attention_kwargs=self.cross_attention_kwargs,
-                    down_block_additional_residuals=down_block_res_samples,
-                    mid_block_additional_residual=mid_block_res_sample,
-                    added_cond_kwargs=added_cond_kwargs,
-                    return_dict=False,
-                )[0]
+                    # Portrait: guidance rescale, as in StableDiffusionXLPipeline
+                    if self.do_classifier_free_guidance and self.guidance_rescale > 0.0:
+                        # Based on 3.4. in https://huggingface.co/papers/2305.08891
+                        noise_pred = rescale_noise_cfg(
+                            noise_pred, noise_pred_text, guidance_rescale=self.guidance_rescale
+                        )
 
-                # perform guidance
-                if self.do_classifier_free_guidance:
-                    noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-                    noise_pred = noise_pred_uncond + self.guidance_scale * (
-                        noise_pred_text - noise_pred_uncond
-                    )
+                    # compute the previous noisy sample x_t -> x_t-1
+                    latents = self.scheduler.step(
+                        noise_pred, t, latents, **extra_step_kwargs, return_dict=False
+                    )[0]
 
-                if self.do_classifier_free_guidance and self.guidance_rescale > 0.0:
-                    # Based on 3.4. in https://huggingface.co/papers/2305.08891
-                    noise_pred = rescale_noise_cfg(
-                        noise_pred, noise_pred_text, guidance_rescale=self.guidance_rescale
-                    )
+                    if callback_on_step_end is not None:
+                        callback_kwargs = {}
+                        for k in callback_on_step_end_tensor_inputs:
+                            callback_kwargs[k] = locals()[k]
+                        callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
 
-                # compute the previous noisy sample x_t -> x_t-1
-                latents = self.scheduler.step(
-                    noise_pred, t, latents, **extra_step_kwargs, return_dict=False
-                )[0]
+                        latents = callback_outputs.pop("latents", latents)
+                        prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                        add_text_embeds = callback_outputs.pop("add_text_embeds", add_text_embeds)
+                        add_time_ids = callback_outputs.pop("add_time_ids", add_time_ids)
+                        # Portrait: the IdentityNet's condition
+                        keypoint_image = callback_outputs.pop("keypoint_image", keypoint_image)
+                        # Portrait: the ControlNet's condition is `control_image`, not `image`
+                        control_image = callback_outputs.pop("control_image", control_image)
 
-                if callback_on_step_end is not None:
-                    callback_kwargs = {}
-                    for k in callback_on_step_end_tensor_inputs:
-                        callback_kwargs[k] = locals()[k]
-                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-
-                    latents = callback_outputs.pop("latents", latents)
-                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
-                    add_text_embeds = callback_outputs.pop("add_text_embeds", add_text_embeds)
-                    add_time_ids = callback_outputs.pop("add_time_ids", add_time_ids)
-                    keypoint_image = callback_outputs.pop("keypoint_image", keypoint_image)
-                    control_image = callback_outputs.pop("control_image", control_image)
-
-                if i == len(timesteps) - 1 or (
-                    (i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0
-                ):
-                    progress_bar.update()
+                    if i == len(timesteps) - 1 or (
+                        (i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0
+                    ):
+                        progress_bar.update()
+            # End of copy
 
         # 13. Decode
         # Copied from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl.StableDiffusionXLPipeline.__call__  # noqa: E501
-        # with changes: `vae.to(torch.float32)` instead of the deprecated `upcast_vae()`.
-        if output_type != "latent":
+        if not output_type == "latent":  # noqa: SIM201
             # make sure the VAE is in float32 mode, as it overflows in float16
             needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
 
             if needs_upcasting:
+                # Portrait: instead of the deprecated `upcast_vae()`
                 self.vae.to(dtype=torch.float32)
                 latents = latents.to(next(iter(self.vae.post_quant_conv.parameters())).dtype)
-            elif latents.dtype != self.vae.dtype and torch.backends.mps.is_available():
-                # some platforms (eg. apple mps) misbehave due to a pytorch bug: https://github.com/pytorch/pytorch/pull/99272
-                self.vae = self.vae.to(latents.dtype)
+            elif latents.dtype != self.vae.dtype:  # noqa: SIM102
+                if torch.backends.mps.is_available():
+                    # some platforms (eg. apple mps) misbehave due to a pytorch bug: https://github.com/pytorch/pytorch/pull/99272
+                    self.vae = self.vae.to(latents.dtype)
 
             # unscale/denormalize the latents
             # denormalize with the mean and std if available and not None
-            has_latents_mean = getattr(self.vae.config, "latents_mean", None) is not None
-            has_latents_std = getattr(self.vae.config, "latents_std", None) is not None
+            has_latents_mean = (
+                hasattr(self.vae.config, "latents_mean")
+                and self.vae.config.latents_mean is not None
+            )
+            has_latents_std = (
+                hasattr(self.vae.config, "latents_std") and self.vae.config.latents_std is not None
+            )
             if has_latents_mean and has_latents_std:
                 latents_mean = (
                     torch.tensor(self.vae.config.latents_mean)
@@ -857,14 +881,16 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
             # cast back to fp16 if needed
             if needs_upcasting:
                 self.vae.to(dtype=torch.float16)
+        else:
+            image = latents
 
+        if not output_type == "latent":  # noqa: SIM201
             # apply watermark if available
             if self.watermark is not None:
                 image = self.watermark.apply_watermark(image)
 
             image = self.image_processor.postprocess(image, output_type=output_type)
-        else:
-            image = latents
+        # End of copy
 
         # Offload all models
         self.maybe_free_model_hooks()
