@@ -47,7 +47,7 @@ from transformers import (
 )
 
 from adapters import IdentityAdapterMixin
-from pipelines.conditioning import ConditionImageInput, PortraitConditioningMixin
+from pipelines.conditioning import ConditionImageInput, PortraitConditioningMixin, is_identitynet
 
 logger = logging.get_logger(__name__)
 
@@ -159,6 +159,10 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
         "negative_prompt_embeds",
         "control_image",
     ]
+    reference_arguments: ClassVar[dict[str, str]] = {
+        **PortraitConditioningMixin.reference_arguments,
+        "image": "diffusers' ControlNet pipelines' name for the condition; pass `control_image=`",
+    }
 
     def __init__(
         self,
@@ -188,6 +192,21 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
         )
         if isinstance(controlnet, (list, tuple)):
             controlnet = MultiControlNetModel(controlnet)
+        for net in getattr(controlnet, "nets", [controlnet]):
+            if is_identitynet(net):
+                raise ValueError(
+                    "InstantID's IdentityNet is an SDXL net that reads the identity tokens; pass "
+                    "it to `PortraitXLPipeline.from_pretrained(..., identitynet=...)`"
+                )
+            if (
+                net is not None
+                and net.config.cross_attention_dim != unet.config.cross_attention_dim
+            ):
+                raise ValueError(
+                    f"this `controlnet` reads {net.config.cross_attention_dim}-d tokens but the "
+                    f"UNet's are {unet.config.cross_attention_dim}-d; pass a ControlNet made for "
+                    "this base model"
+                )
         self.register_modules(
             controlnet=controlnet,
             identity_projection=identity_projection,
@@ -211,7 +230,10 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
         identity_scale: float | dict | None = None,
         identity_image: PipelineImageInput | None = None,
         control_images: list[torch.Tensor] | None = None,
-        controlnet_conditioning_scale: float | list[float] = 1.0,
+        controlnet_conditioning_scale: float | list[float] | None = None,
+        guess_mode: bool = False,
+        control_guidance_start: float | list[float] | None = None,
+        control_guidance_end: float | list[float] | None = None,
     ) -> None:
         """[`~diffusers.StableDiffusionPipeline.check_inputs`] plus the identity and control inputs.
 
@@ -232,13 +254,19 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
         )
         self.check_conditioning_inputs(
             batch_size=self.prompt_batch_size(prompt, prompt_embeds),
-            height=height,
-            width=width,
             identity_embeds=identity_embeds,
             identity_scale=identity_scale,
             identity_image=identity_image,
             control_images=control_images,
             controlnet_conditioning_scale=controlnet_conditioning_scale,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
+        )
+        self.check_condition_options(
+            has_nets=control_images is not None,
+            guess_mode=guess_mode,
+            control_guidance_start=control_guidance_start,
+            control_guidance_end=control_guidance_end,
         )
 
     @torch.no_grad()
@@ -263,7 +291,10 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
         identity_scale: float | dict | None = None,
         identity_image: PipelineImageInput | None = None,
         control_image: ConditionImageInput | list[ConditionImageInput] | None = None,
-        controlnet_conditioning_scale: float | list[float] = 1.0,
+        controlnet_conditioning_scale: float | list[float] | None = None,
+        guess_mode: bool = False,
+        control_guidance_start: float | list[float] | None = None,
+        control_guidance_end: float | list[float] | None = None,
         ip_adapter_image: PipelineImageInput | None = None,
         ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
@@ -276,6 +307,7 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
         | MultiPipelineCallbacks
         | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        **kwargs: Any,
     ) -> StableDiffusionPipelineOutput | tuple:
         r"""
         The call function to the pipeline for generation.
@@ -366,9 +398,11 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
-        # 0. Condition images; they fix the output size when height and width are not given
-        control_images = self.control_image_tensors(control_image)
-        height, width = self.default_height_width(height, width, control_images or [])
+        self.check_reference_arguments(kwargs)
+
+        # 0. Output size (by default the condition's) and the condition images at that size
+        height, width = self.default_height_width(height, width, [control_image])
+        control_images = self.control_image_tensors(control_image, height=height, width=width)
 
         # 1. Check inputs. Raise error if not correct
         self.check_inputs(
@@ -387,6 +421,9 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
             identity_image=identity_image,
             control_images=control_images,
             controlnet_conditioning_scale=controlnet_conditioning_scale,
+            guess_mode=guess_mode,
+            control_guidance_start=control_guidance_start,
+            control_guidance_end=control_guidance_end,
         )
 
         self._guidance_scale = guidance_scale
@@ -448,21 +485,19 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
                 do_classifier_free_guidance=self.do_classifier_free_guidance,
             )
 
-        # 5. Prepare the control images
+        # 5. Prepare the control images, one condition net per ControlNet
+        condition_nets = []
         if control_images is not None:
-            control_image = self.prepare_control_images(
-                control_images,
+            condition_nets = self.condition_nets(
+                [(self.controlnet, control_images, controlnet_conditioning_scale)],
+                control_guidance_start=control_guidance_start,
+                control_guidance_end=control_guidance_end,
                 batch_size=batch_size,
                 num_images_per_prompt=num_images_per_prompt,
                 device=device,
                 do_classifier_free_guidance=self.do_classifier_free_guidance,
             )
-            if isinstance(self.controlnet, MultiControlNetModel) and not isinstance(
-                controlnet_conditioning_scale, (list, tuple)
-            ):
-                controlnet_conditioning_scale = [controlnet_conditioning_scale] * len(
-                    control_images
-                )
+        control_image = self.condition_images(condition_nets, identity=False)
 
         # 6. Prepare timesteps
         timesteps, num_inference_steps = retrieve_timesteps(
@@ -517,18 +552,19 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
                     )
                     latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
 
-                    # Portrait: the ControlNet is optional; it runs only with a `control_image`
-                    if control_images is None:
-                        down_block_res_samples, mid_block_res_sample = None, None
-                    else:
-                        down_block_res_samples, mid_block_res_sample = self.controlnet(
-                            latent_model_input,
-                            t,
-                            encoder_hidden_states=prompt_embeds,
-                            controlnet_cond=control_image,
-                            conditioning_scale=controlnet_conditioning_scale,
-                            return_dict=False,
-                        )
+                    # Portrait: the condition nets, optional and in one place
+                    down_block_res_samples, mid_block_res_sample = self.condition_residuals(
+                        condition_nets,
+                        latent_model_input,
+                        latents,
+                        t,
+                        step=i,
+                        num_steps=len(timesteps),
+                        prompt_embeds=prompt_embeds,
+                        identity_tokens=identity_tokens,
+                        added_cond_kwargs=None,
+                        guess_mode=guess_mode,
+                    )
 
                     # predict the noise residual
                     noise_pred = self.unet(
@@ -575,6 +611,10 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
                         )
                         # Portrait: the ControlNet's condition is `control_image`, not `image`
                         control_image = callback_outputs.pop("control_image", control_image)
+                        # Portrait: the nets read the condition the callback returned
+                        condition_nets = self.with_condition_images(
+                            condition_nets, control_image=control_image
+                        )
 
                     if i == len(timesteps) - 1 or (
                         (i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0

@@ -49,9 +49,9 @@ from adapters import IdentityAdapterMixin
 from pipelines.conditioning import (
     ConditionImageInput,
     PortraitConditioningMixin,
-    check_condition_image,
+    check_condition_batch,
     condition_image_tensor,
-    prepare_condition_image,
+    is_identitynet,
 )
 
 logger = logging.get_logger(__name__)
@@ -88,6 +88,38 @@ EXAMPLE_DOC_STRING = """
         ... ).images[0]
         ```
 """
+
+
+def split_identitynet(
+    identitynet: ControlNetModel | None,
+    controlnet: ControlNetModel | list[ControlNetModel] | MultiControlNetModel | None,
+) -> tuple[ControlNetModel | None, ControlNetModel | MultiControlNetModel | None]:
+    """Take InstantID's IdentityNet out of ``controlnet``, where the reference pipeline has it.
+
+    Without an ``identitynet``, a net of ``controlnet`` recognised as the IdentityNet (see
+    [`~pipelines.conditioning.is_identitynet`]) becomes the ``identitynet``, so that it reads the
+    identity tokens; the other nets stay ControlNets on the prompt.
+    """
+    if isinstance(controlnet, MultiControlNetModel):
+        nets = list(controlnet.nets)
+    elif isinstance(controlnet, (list, tuple)):
+        nets = list(controlnet)
+    else:
+        nets = [] if controlnet is None else [controlnet]
+    found = [net for net in nets if is_identitynet(net)] if identitynet is None else []
+    if len(found) > 1:
+        raise ValueError(
+            f"`controlnet` holds {len(found)} IdentityNets; pass one as `identitynet=`"
+        )
+    if found:
+        logger.info("the IdentityNet given as `controlnet` is used as the `identitynet`")
+        identitynet = found[0]
+        nets = [net for net in nets if net is not identitynet]
+    if not found and not isinstance(controlnet, (list, tuple)):
+        return identitynet, controlnet
+    if not nets:
+        return identitynet, None
+    return identitynet, nets[0] if len(nets) == 1 else MultiControlNetModel(nets)
 
 
 class PortraitXLPipeline(
@@ -184,6 +216,19 @@ class PortraitXLPipeline(
         "keypoint_image",
         "control_image",
     ]
+    reference_arguments: ClassVar[dict[str, str]] = {
+        **PortraitConditioningMixin.reference_arguments,
+        "image": "InstantID's name for the IdentityNet's keypoint drawing; pass "
+        "`keypoint_image=` (and `control_image=` for another ControlNet)",
+        "image_embeds": "InstantID's name for the face embedding; pass `identity_embeds=` "
+        "(insightface's `face.embedding` or `face.normed_embedding`, numpy or torch)",
+        "ip_adapter_scale": "pass `identity_scale=` for this call, or keep a scale with "
+        "`pipe.set_identity_scale(...)`",
+        "visual_prompt": "PortraitXLPipeline starts from noise and has no image-to-image start; "
+        "generate without it",
+        "visual_prompt_strength": "PortraitXLPipeline starts from noise and has no "
+        "image-to-image start; generate without it",
+    }
 
     def __init__(
         self,
@@ -216,8 +261,7 @@ class PortraitXLPipeline(
             force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
             add_watermarker=add_watermarker,
         )
-        if isinstance(controlnet, (list, tuple)):
-            controlnet = MultiControlNetModel(controlnet)
+        identitynet, controlnet = split_identitynet(identitynet, controlnet)
         self.register_modules(
             identitynet=identitynet,
             controlnet=controlnet,
@@ -226,12 +270,11 @@ class PortraitXLPipeline(
         )
 
     def keypoint_image_tensor(
-        self, keypoint_image: ConditionImageInput | None
+        self, keypoint_image: ConditionImageInput | None, *, height: int, width: int
     ) -> torch.Tensor | None:
-        """Return the IdentityNet's ``[B, C, H, W]`` condition in ``[0, 1]``, or `None` without one.
+        """Return the IdentityNet's ``[B, C, height, width]`` condition in ``[0, 1]``, or `None`.
 
-        Layout, channels and value range are checked here (see
-        [`~pipelines.conditioning.condition_image_tensor`]); size and batch in `check_inputs`.
+        See [`~pipelines.conditioning.condition_image_tensor`] for the formats and the resizing.
         """
         if keypoint_image is None:
             return None
@@ -245,6 +288,7 @@ class PortraitXLPipeline(
             keypoint_image,
             name="keypoint_image",
             channels=self.identitynet.config.conditioning_channels,
+            size=(height, width),
         )
 
     def check_inputs(
@@ -269,8 +313,11 @@ class PortraitXLPipeline(
         identity_image: PipelineImageInput | None = None,
         keypoint_images: torch.Tensor | None = None,
         control_images: list[torch.Tensor] | None = None,
-        identitynet_conditioning_scale: float = 1.0,
-        controlnet_conditioning_scale: float | list[float] = 1.0,
+        identitynet_conditioning_scale: float | None = None,
+        controlnet_conditioning_scale: float | list[float] | None = None,
+        guess_mode: bool = False,
+        control_guidance_start: float | list[float] | None = None,
+        control_guidance_end: float | list[float] | None = None,
     ) -> None:
         """[`~diffusers.StableDiffusionXLPipeline.check_inputs`] plus identity and conditions.
 
@@ -297,15 +344,26 @@ class PortraitXLPipeline(
         batch_size = self.prompt_batch_size(prompt, prompt_embeds)
         self.check_conditioning_inputs(
             batch_size=batch_size,
-            height=height,
-            width=width,
             identity_embeds=identity_embeds,
             identity_scale=identity_scale,
             identity_image=identity_image,
             control_images=control_images,
             controlnet_conditioning_scale=controlnet_conditioning_scale,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
+        )
+        self.check_condition_options(
+            has_nets=keypoint_images is not None or control_images is not None,
+            guess_mode=guess_mode,
+            control_guidance_start=control_guidance_start,
+            control_guidance_end=control_guidance_end,
         )
         if keypoint_images is None:
+            if identitynet_conditioning_scale is not None:
+                raise ValueError(
+                    "`identitynet_conditioning_scale` scales the IdentityNet on `keypoint_image`, "
+                    "which this call does not have; pass `keypoint_image=` too"
+                )
             return
         if identity_embeds is None:
             raise ValueError(
@@ -319,66 +377,12 @@ class PortraitXLPipeline(
                 f"the identity tokens are {self.unet.config.cross_attention_dim}-d (the UNet's "
                 "width); load the IdentityNet made for this base model"
             )
-        check_condition_image(
-            keypoint_images,
-            name="keypoint_image",
-            height=height,
-            width=width,
-            batch_size=batch_size,
-        )
-        if not isinstance(identitynet_conditioning_scale, (int, float)):
+        check_condition_batch(keypoint_images, name="keypoint_image", batch_size=batch_size)
+        scale = identitynet_conditioning_scale
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
             raise TypeError(
-                "`identitynet_conditioning_scale` must be a float; found "
-                f"{type(identitynet_conditioning_scale).__name__}"
+                f"`identitynet_conditioning_scale` must be a float; found {type(scale).__name__}"
             )
-
-    def condition_residuals(
-        self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor,
-        *,
-        prompt_embeds: torch.Tensor,
-        added_cond_kwargs: dict[str, torch.Tensor],
-        identity_tokens: torch.Tensor | None,
-        keypoint_image: torch.Tensor | None,
-        identitynet_conditioning_scale: float,
-        control_image: torch.Tensor | list[torch.Tensor] | None,
-        controlnet_conditioning_scale: float | list[float],
-    ) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
-        """The summed residuals of the IdentityNet (on the identity tokens) and the ControlNet
-        (on the prompt); ``(None, None)`` when neither has a condition image."""
-        residuals = []
-        if keypoint_image is not None:
-            residuals.append(
-                self.identitynet(
-                    sample,
-                    timestep,
-                    encoder_hidden_states=identity_tokens,
-                    controlnet_cond=keypoint_image,
-                    conditioning_scale=identitynet_conditioning_scale,
-                    added_cond_kwargs=added_cond_kwargs,
-                    return_dict=False,
-                )
-            )
-        if control_image is not None:
-            residuals.append(
-                self.controlnet(
-                    sample,
-                    timestep,
-                    encoder_hidden_states=prompt_embeds,
-                    controlnet_cond=control_image,
-                    conditioning_scale=controlnet_conditioning_scale,
-                    added_cond_kwargs=added_cond_kwargs,
-                    return_dict=False,
-                )
-            )
-        if not residuals:
-            return None, None
-        down, mid = residuals[0]
-        for other_down, other_mid in residuals[1:]:
-            down = [first + second for first, second in zip(down, other_down, strict=True)]
-            mid = mid + other_mid
-        return down, mid
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -407,9 +411,12 @@ class PortraitXLPipeline(
         identity_scale: float | dict | None = None,
         identity_image: PipelineImageInput | None = None,
         keypoint_image: ConditionImageInput | None = None,
-        identitynet_conditioning_scale: float = 1.0,
+        identitynet_conditioning_scale: float | None = None,
         control_image: ConditionImageInput | list[ConditionImageInput] | None = None,
-        controlnet_conditioning_scale: float | list[float] = 1.0,
+        controlnet_conditioning_scale: float | list[float] | None = None,
+        guess_mode: bool = False,
+        control_guidance_start: float | list[float] | None = None,
+        control_guidance_end: float | list[float] | None = None,
         ip_adapter_image: PipelineImageInput | None = None,
         ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
@@ -428,6 +435,7 @@ class PortraitXLPipeline(
         | MultiPipelineCallbacks
         | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        **kwargs: Any,
     ) -> StableDiffusionXLPipelineOutput | tuple:
         r"""
         Function invoked when calling the pipeline for generation.
@@ -545,13 +553,12 @@ class PortraitXLPipeline(
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
-        # 0. Condition images; they fix the output size when height and width are not given
-        keypoint_images = self.keypoint_image_tensor(keypoint_image)
-        control_images = self.control_image_tensors(control_image)
-        conditions = [keypoint_images] if keypoint_images is not None else []
-        height, width = self.default_height_width(
-            height, width, conditions + (control_images or [])
-        )
+        self.check_reference_arguments(kwargs)
+
+        # 0. Output size (by default the first condition's) and the conditions at that size
+        height, width = self.default_height_width(height, width, [keypoint_image, control_image])
+        keypoint_images = self.keypoint_image_tensor(keypoint_image, height=height, width=width)
+        control_images = self.control_image_tensors(control_image, height=height, width=width)
 
         original_size = original_size or (height, width)
         target_size = target_size or (height, width)
@@ -579,6 +586,9 @@ class PortraitXLPipeline(
             control_images=control_images,
             identitynet_conditioning_scale=identitynet_conditioning_scale,
             controlnet_conditioning_scale=controlnet_conditioning_scale,
+            guess_mode=guess_mode,
+            control_guidance_start=control_guidance_start,
+            control_guidance_end=control_guidance_end,
         )
 
         self._guidance_scale = guidance_scale
@@ -636,30 +646,23 @@ class PortraitXLPipeline(
                 do_classifier_free_guidance=self.do_classifier_free_guidance,
             )
 
-        # 5. Prepare the keypoint and control images
+        # 5. Prepare the keypoint and control images: the IdentityNet first, then the ControlNets
+        conditions = []
         if keypoint_images is not None:
-            keypoint_image = prepare_condition_image(
-                keypoint_images,
-                batch_size=batch_size,
-                num_images_per_prompt=num_images_per_prompt,
-                device=device,
-                dtype=self.identitynet.dtype,
-                do_classifier_free_guidance=self.do_classifier_free_guidance,
-            )
+            conditions.append((self.identitynet, [keypoint_images], identitynet_conditioning_scale))
         if control_images is not None:
-            control_image = self.prepare_control_images(
-                control_images,
-                batch_size=batch_size,
-                num_images_per_prompt=num_images_per_prompt,
-                device=device,
-                do_classifier_free_guidance=self.do_classifier_free_guidance,
-            )
-            if isinstance(self.controlnet, MultiControlNetModel) and not isinstance(
-                controlnet_conditioning_scale, (list, tuple)
-            ):
-                controlnet_conditioning_scale = [controlnet_conditioning_scale] * len(
-                    control_images
-                )
+            conditions.append((self.controlnet, control_images, controlnet_conditioning_scale))
+        condition_nets = self.condition_nets(
+            conditions,
+            control_guidance_start=control_guidance_start,
+            control_guidance_end=control_guidance_end,
+            batch_size=batch_size,
+            num_images_per_prompt=num_images_per_prompt,
+            device=device,
+            do_classifier_free_guidance=self.do_classifier_free_guidance,
+        )
+        keypoint_image = self.condition_images(condition_nets, identity=True)
+        control_image = self.condition_images(condition_nets, identity=False)
 
         # 6. Prepare timesteps
         timesteps, num_inference_steps = retrieve_timesteps(
@@ -767,17 +770,18 @@ class PortraitXLPipeline(
 
                     added_cond_kwargs = {"text_embeds": add_text_embeds, "time_ids": add_time_ids}
 
-                    # Portrait: two optional nets, the IdentityNet and the ControlNet
+                    # Portrait: the condition nets, optional and in one place
                     down_block_res_samples, mid_block_res_sample = self.condition_residuals(
+                        condition_nets,
                         latent_model_input,
+                        latents,
                         t,
+                        step=i,
+                        num_steps=len(timesteps),
                         prompt_embeds=prompt_embeds,
-                        added_cond_kwargs=added_cond_kwargs,
                         identity_tokens=identity_tokens,
-                        keypoint_image=keypoint_image,
-                        identitynet_conditioning_scale=identitynet_conditioning_scale,
-                        control_image=control_image,
-                        controlnet_conditioning_scale=controlnet_conditioning_scale,
+                        added_cond_kwargs=added_cond_kwargs,
+                        guess_mode=guess_mode,
                     )
 
                     if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
@@ -829,6 +833,12 @@ class PortraitXLPipeline(
                         keypoint_image = callback_outputs.pop("keypoint_image", keypoint_image)
                         # Portrait: the ControlNet's condition is `control_image`, not `image`
                         control_image = callback_outputs.pop("control_image", control_image)
+                        # Portrait: the nets read the conditions the callback returned
+                        condition_nets = self.with_condition_images(
+                            condition_nets,
+                            control_image=control_image,
+                            keypoint_image=keypoint_image,
+                        )
 
                     if i == len(timesteps) - 1 or (
                         (i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from diffusers import ControlNetModel, StableDiffusionXLPipeline, UNet2DConditionModel
@@ -166,27 +167,28 @@ def test_keypoint_and_control_image_errors(pipe, instantid_pipe):
         generate(pipe, control_image=condition(3))
     with pytest.raises(ValueError, match="pass `identity_embeds` too"):
         generate(instantid_pipe, keypoint_image=condition(3))
-    with pytest.raises(ValueError, match=r"`control_image` is 64x64 \(H x W\) but the output"):
-        generate(
-            instantid_pipe,
-            identity_embeds=unit_embeds(1),
-            keypoint_image=condition(3, 32, 48),
-            control_image=condition(4),
-        )
-    with pytest.raises(ValueError, match=r"`keypoint_image` is 32x48 \(H x W\) but the output"):
-        generate(
-            instantid_pipe,
-            identity_embeds=unit_embeds(1),
-            keypoint_image=condition(3, 32, 48),
-            height=64,
-            width=64,
-        )
     with pytest.raises(ValueError, match=r"channels-last \[H, W, 3\].*\(64, 64\)"):
         generate(
             instantid_pipe,
             identity_embeds=unit_embeds(1),
             keypoint_image=np.zeros((64, 64), np.uint8),
         )
+
+
+def test_a_keypoint_image_of_another_size_is_resized_to_the_output(instantid_pipe):
+    embeds, keypoints = unit_embeds(1), PIL.Image.fromarray(condition(3, 32, 48))
+    resized = np.asarray(keypoints.resize((64, 64), PIL.Image.LANCZOS))
+    np.testing.assert_array_equal(
+        generate(
+            instantid_pipe, identity_embeds=embeds, keypoint_image=keypoints, height=64, width=64
+        ),
+        generate(instantid_pipe, identity_embeds=embeds, keypoint_image=resized),
+    )
+    # The first condition sets the output size; the control image is resized to it.
+    images = generate(
+        instantid_pipe, identity_embeds=embeds, keypoint_image=keypoints, control_image=condition(4)
+    )
+    assert images.shape == (1, 32, 48, 3)
 
 
 def test_output_size_defaults_to_the_keypoint_image(instantid_pipe):
