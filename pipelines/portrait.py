@@ -345,9 +345,10 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
             negative_prompt_embeds (`torch.Tensor`, *optional*):
                 Pre-generated negative text embeddings.
             identity_embeds (`torch.Tensor`, *optional*):
-                `[num_refs, 512]` unit-norm face embeddings of one person (one row per reference
-                photo), turned into identity tokens by the loaded identity adapter. `None`
-                generates without an identity.
+                `[num_refs, 512]` ArcFace embeddings of one person (one row per reference
+                photo; torch or numpy, unit-norm or insightface's raw `face.embedding`), turned
+                into identity tokens by the loaded identity adapter. `None` generates without an
+                identity.
             identity_scale (`float` or `dict`, *optional*):
                 The identity adapter's scale for this call only, as
                 [`~adapters.IdentityAdapterMixin.set_identity_scale`] takes it; `None` keeps the
@@ -360,10 +361,19 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
                 `[H, W, 3]` / `[B, H, W, 3]` array (uint8, or float in [0, 1]), a `[3, H, W]` /
                 `[B, 3, H, W]` tensor in [0, 1], or a list of them (a batch). One image serves
                 every prompt; a batch holds one per prompt. With a [`MultiControlNetModel`], a
-                list with one such input per net. It is not resized: it must have the output size.
+                list with one such input per net. Another size is resized to the output size as
+                diffusers does (Lanczos for PIL images, nearest for arrays and tensors).
             controlnet_conditioning_scale (`float` or `list[float]`, *optional*, defaults to 1.0):
                 Factor on the ControlNet residuals; one per net for a [`MultiControlNetModel`].
-                `0` gives exactly the images without the ControlNet.
+                `0` gives exactly the images without the ControlNet. Needs `control_image`.
+            guess_mode (`bool`, *optional*, defaults to `False`):
+                As in diffusers' ControlNet pipelines: under classifier-free guidance the
+                condition nets see only the conditional half and add nothing to the other.
+            control_guidance_start (`float` or `list[float]`, *optional*, defaults to 0.0):
+                Fraction of the steps at which each condition net starts; a list has one value
+                per net.
+            control_guidance_end (`float` or `list[float]`, *optional*, defaults to 1.0):
+                Fraction of the steps at which each condition net stops; like the start.
             ip_adapter_image (`PipelineImageInput`, *optional*):
                 Optional image input to work with IP-Adapters.
             ip_adapter_image_embeds (`list[torch.Tensor]`, *optional*):
@@ -386,6 +396,9 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
                 returns (by name) replace the pipeline's.
             callback_on_step_end_tensor_inputs (`Sequence[str]`, defaults to `("latents",)`):
                 The tensors passed in `callback_kwargs`; any of `self._callback_tensor_inputs`.
+            kwargs:
+                Names of other pipelines (e.g. `image`, the deprecated `callback`) raise a
+                `TypeError` naming this pipeline's argument; see docs/coming-from-instantid.md.
 
         Examples:
 

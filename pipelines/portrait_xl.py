@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -177,6 +178,8 @@ class PortraitXLPipeline(
             Prepares images for the `image_encoder`.
         identitynet ([`ControlNetModel`], *optional*):
             InstantID's IdentityNet, conditioned on `keypoint_image` and on the identity tokens.
+            Given as `controlnet=` (as InstantID's reference pipeline takes it), a net loaded
+            from a hub id or folder naming InstantID or IdentityNet is taken as the IdentityNet.
         controlnet ([`ControlNetModel`] or [`MultiControlNetModel`], *optional*):
             ControlNet(s) conditioned on `control_image` and the prompt. A list or tuple becomes
             a [`MultiControlNetModel`], whose residuals are summed.
@@ -267,6 +270,50 @@ class PortraitXLPipeline(
             controlnet=controlnet,
             identity_projection=identity_projection,
             identity_attn=identity_attn,
+        )
+
+    # -- the reference InstantID pipeline's methods ------------------------------------------
+
+    def load_ip_adapter_instantid(
+        self,
+        model_ckpt: str | os.PathLike,
+        image_emb_dim: int = 512,
+        num_tokens: int = 16,
+        scale: float = 0.5,
+    ) -> None:
+        """The reference pipeline's loader: [`~adapters.IdentityAdapterMixin.load_identity_adapter`]
+        with the reference's default scale 0.5 (ours defaults to 1.0)."""
+        self.load_identity_adapter(model_ckpt, scale=scale)
+        config = self.identity_projection.config
+        found = (self.identity_family, config.id_embed_dim, config.num_tokens)
+        if found != ("instantid", image_emb_dim, num_tokens):
+            self.unload_identity_adapter()
+            raise ValueError(
+                f"{model_ckpt} is a {found[0]} adapter for {found[1]}-d embeddings and "
+                f"{found[2]} tokens, not InstantID's for {image_emb_dim}-d and {num_tokens}; "
+                "load other adapters with `load_identity_adapter(path)`"
+            )
+
+    def set_image_proj_model(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: the reference's half of loading; ours loads the whole adapter at once."""
+        raise TypeError(
+            "set_image_proj_model is half of the reference's loader; load the whole adapter "
+            "with `pipe.load_identity_adapter(path)` (or `load_ip_adapter_instantid(path)`)"
+        )
+
+    def set_ip_adapter(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: the reference's half of loading; ours loads the whole adapter at once."""
+        raise TypeError(
+            "set_ip_adapter is half of the reference's loader; load the whole adapter with "
+            "`pipe.load_identity_adapter(path)` (or `load_ip_adapter_instantid(path)`)"
+        )
+
+    def cuda(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: the reference's ``cuda(dtype, use_xformers)``; diffusers' calls do it."""
+        raise TypeError(
+            'PortraitXLPipeline has no cuda(); use `pipe.to("cuda", torch.float16)` (the '
+            "identity adapter moves with the UNet); xformers would replace the identity "
+            "attention processors, PyTorch's scaled-dot-product attention is used instead"
         )
 
     def keypoint_image_tensor(
@@ -484,10 +531,11 @@ class PortraitXLPipeline(
             negative_pooled_prompt_embeds (`torch.Tensor`, *optional*):
                 Pre-generated negative pooled text embeddings.
             identity_embeds (`torch.Tensor`, *optional*):
-                `[num_refs, 512]` unit-norm face embeddings of one person (one row per reference
-                photo), turned into identity tokens by the loaded identity adapter; the tokens
-                reach the UNet and, with a `keypoint_image`, the IdentityNet. `None` generates
-                without an identity.
+                `[num_refs, 512]` ArcFace embeddings of one person (one row per reference
+                photo; torch or numpy, unit-norm or insightface's raw `face.embedding`, which
+                InstantID takes as is), turned into identity tokens by the loaded adapter; the
+                tokens reach the UNet and, with a `keypoint_image`, the IdentityNet. `None`
+                generates without an identity.
             identity_scale (`float` or `dict`, *optional*):
                 The identity adapter's scale for this call only, as
                 [`~adapters.IdentityAdapterMixin.set_identity_scale`] takes it; `None` keeps the
@@ -500,15 +548,26 @@ class PortraitXLPipeline(
                 The IdentityNet's condition: the face keypoints drawn at the output size, as a
                 PIL image, an RGB `[H, W, 3]` / `[B, H, W, 3]` array (uint8, or float in [0, 1]),
                 a `[3, H, W]` / `[B, 3, H, W]` tensor in [0, 1], or a list of them (a batch). One
-                image serves every prompt; a batch holds one per prompt. It is not resized. Needs
-                `identity_embeds`; without it the IdentityNet does not run.
+                image serves every prompt; a batch holds one per prompt. Another size is resized
+                to the output size as diffusers does (Lanczos for PIL images, nearest for arrays
+                and tensors). Needs `identity_embeds`. InstantID's `image=`.
             identitynet_conditioning_scale (`float`, *optional*, defaults to 1.0):
-                Factor on the IdentityNet residuals.
+                Factor on the IdentityNet residuals (InstantID's `controlnet_conditioning_scale`).
+                Needs `keypoint_image`.
             control_image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list, *optional*):
                 The `controlnet`'s condition, in the formats of `keypoint_image`; with a
                 [`MultiControlNetModel`], a list with one such input per net.
             controlnet_conditioning_scale (`float` or `list[float]`, *optional*, defaults to 1.0):
                 Factor on the `controlnet` residuals; one per net for a [`MultiControlNetModel`].
+                Needs `control_image`.
+            guess_mode (`bool`, *optional*, defaults to `False`):
+                As in diffusers' ControlNet pipelines: under classifier-free guidance the
+                condition nets see only the conditional half and add nothing to the other.
+            control_guidance_start (`float` or `list[float]`, *optional*, defaults to 0.0):
+                Fraction of the steps at which each condition net starts; a list has one value
+                per net, the IdentityNet first, then the ControlNets.
+            control_guidance_end (`float` or `list[float]`, *optional*, defaults to 1.0):
+                Fraction of the steps at which each condition net stops; like the start.
             ip_adapter_image (`PipelineImageInput`, *optional*):
                 Optional image input to work with IP-Adapters.
             ip_adapter_image_embeds (`list[torch.Tensor]`, *optional*):
@@ -543,6 +602,10 @@ class PortraitXLPipeline(
                 returns (by name) replace the pipeline's.
             callback_on_step_end_tensor_inputs (`Sequence[str]`, defaults to `("latents",)`):
                 The tensors passed in `callback_kwargs`; any of `self._callback_tensor_inputs`.
+            kwargs:
+                Names of other pipelines (e.g. InstantID's `image_embeds` and `ip_adapter_scale`,
+                the deprecated `callback`) raise a `TypeError` naming this pipeline's argument;
+                see docs/coming-from-instantid.md.
 
         Examples:
 

@@ -267,3 +267,34 @@ def test_identitynet_follows_the_guidance_window(instantid_pipe):
         generate(instantid_pipe, **kwargs, control_guidance_start=0.99), off
     )
     assert np.abs(generate(instantid_pipe, **kwargs, control_guidance_end=0.5) - full).max() > 1e-4
+
+
+# -- reference methods --------------------------------------------------------------------------
+
+
+def test_reference_loader_loads_instantid_at_the_reference_scale(sdxl_path, sdxl_unet, tmp_path):
+    checkpoint = write_checkpoint("instantid", tmp_path / "ip-adapter.bin", unet=sdxl_unet)
+    reference_style = load(PortraitXLPipeline, sdxl_path)
+    reference_style.load_ip_adapter_instantid(checkpoint)
+    ours = load(PortraitXLPipeline, sdxl_path)
+    ours.load_identity_adapter(checkpoint)
+    embeds = unit_embeds(1)
+    np.testing.assert_array_equal(
+        generate(reference_style, identity_embeds=embeds),
+        generate(ours, identity_embeds=embeds, identity_scale=0.5),
+    )
+    with pytest.raises(ValueError, match="not InstantID's for 512-d and 4"):
+        reference_style.load_ip_adapter_instantid(checkpoint, num_tokens=4)
+
+
+@pytest.mark.parametrize(
+    ("method", "replacement"),
+    [
+        ("set_image_proj_model", "load_identity_adapter"),
+        ("set_ip_adapter", "load_identity_adapter"),
+        ("cuda", r'pipe.to\("cuda", torch.float16\)'),
+    ],
+)
+def test_reference_methods_name_the_replacement(instantid_pipe, method, replacement):
+    with pytest.raises(TypeError, match=replacement):
+        getattr(instantid_pipe, method)("./checkpoints/ip-adapter.bin")
