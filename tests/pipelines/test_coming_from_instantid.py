@@ -135,6 +135,10 @@ def test_sd15_names_the_control_image_and_unknown_names_stay_type_errors(faceid_
         generate(faceid_pipe, image=condition(3))
     with pytest.raises(TypeError, match="unexpected keyword argument 'strength'"):
         generate(faceid_pipe, strength=0.5)
+    with pytest.raises(ValueError, match="scales the `controlnet`.*pass `control_image=` too"):
+        generate(faceid_pipe, controlnet_conditioning_scale=0.5)
+    with pytest.raises(ValueError, match="`control_guidance_end` applies to the condition nets"):
+        generate(faceid_pipe, control_guidance_end=0.5)
 
 
 def test_controlnet_conditioning_scale_without_a_controlnet_names_the_identitynet_scale(
