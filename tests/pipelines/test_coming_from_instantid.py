@@ -237,29 +237,34 @@ OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("options", OPTIONS)
-def test_controlnet_options_match_diffusers_sd15(sd15_path, options):
-    pipe = load(PortraitPipeline, sd15_path)
-    net = make_controlnet(pipe.unet, seed=1)
+@pytest.fixture(scope="module")
+def sd15_controlnet_pair(sd15_path):
+    """Ours and diffusers' ControlNet pipeline on one ControlNet, and our image without options."""
+    net = make_controlnet(UNet2DConditionModel.from_pretrained(sd15_path, subfolder="unet"), 1)
     ours = load(PortraitPipeline, sd15_path, controlnet=net)
     theirs = load(StableDiffusionControlNetPipeline, sd15_path, controlnet=net)
-    mesh = PIL.Image.fromarray(condition(3))
-    expected = generate(theirs, image=mesh, num_inference_steps=3, **options)
-    images = generate(ours, control_image=mesh, num_inference_steps=3, **options)
-    np.testing.assert_allclose(images, expected, atol=1e-6)
-    assert np.abs(images - generate(ours, control_image=mesh, num_inference_steps=3)).max() > 1e-4
+    return ours, theirs, generate(ours, control_image=MESH, num_inference_steps=3)
 
 
-@pytest.mark.parametrize("options", OPTIONS)
-def test_controlnet_options_match_diffusers_sdxl(sdxl_path, sdxl_unet, options):
+@pytest.fixture(scope="module")
+def sdxl_controlnet_pair(sdxl_path, sdxl_unet):
     net = make_controlnet(sdxl_unet, seed=2)
     ours = load(PortraitXLPipeline, sdxl_path, controlnet=net)
     theirs = load(StableDiffusionXLControlNetPipeline, sdxl_path, controlnet=net)
-    mesh = PIL.Image.fromarray(condition(3))
-    expected = generate(theirs, image=mesh, num_inference_steps=3, **options)
-    images = generate(ours, control_image=mesh, num_inference_steps=3, **options)
+    return ours, theirs, generate(ours, control_image=MESH, num_inference_steps=3)
+
+
+MESH = PIL.Image.fromarray(condition(3))
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("options", OPTIONS)
+def test_controlnet_options_match_diffusers(family, options, request):
+    ours, theirs, plain = request.getfixturevalue(f"{family}_controlnet_pair")
+    expected = generate(theirs, image=MESH, num_inference_steps=3, **options)
+    images = generate(ours, control_image=MESH, num_inference_steps=3, **options)
     np.testing.assert_allclose(images, expected, atol=1e-6)
-    assert np.abs(images - generate(ours, control_image=mesh, num_inference_steps=3)).max() > 1e-4
+    assert np.abs(images - plain).max() > 1e-4
 
 
 def test_identitynet_follows_the_guidance_window(instantid_pipe):
