@@ -411,8 +411,9 @@ def test_encode_identity_shapes_negatives_and_multiple_references(sd15_pipe, emb
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        (lambda e: 2 * e, r"L2-normalised \(norm 1\), got norms \[2"),
-        (lambda e: e * float("nan"), "finite and L2-normalised"),
+        (lambda e: torch.cat([e, 2 * e]), r"mix unit-norm and raw rows \(norms \[1, 2"),
+        (lambda e: e * float("nan"), "finite and non-zero"),
+        (lambda e: e * 0, "finite and non-zero"),
         (lambda e: (e * 100).long(), "float tensor"),
         (lambda e: e[None], r"must be \[num_refs, 512\]"),
         (lambda e: e[:0], r"must be \[num_refs, 512\]"),
