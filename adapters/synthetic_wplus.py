@@ -9,6 +9,7 @@ import torch
 
 from adapters.e4e import E4E, E4EConfig
 from adapters.stylegan2 import StyleGAN2Config
+from adapters.wplus import WPlusAttention, WProjection
 
 
 def write_e4e_checkpoint(
@@ -36,3 +37,21 @@ def write_e4e_checkpoint(
     path = Path(path)
     torch.save(checkpoint, path)
     return path
+
+
+def wplus_adapter_state_dict(model: torch.nn.Module, *, seed: int = 0) -> dict:
+    """A random ``wplus_adapter.bin`` dict for the denoiser ``model`` (a UNet) in the published
+    keys: ``w_proj`` (``proj_0..3.weight``, ``norm.*``) and ``wplus_adapter`` (``"<layer
+    index>.to_{q,k,v}_wplus.weight"`` on cross-attention layers)."""
+    generator = torch.Generator().manual_seed(seed)
+    attention = WPlusAttention.for_denoiser(model)
+    projection = WProjection(cross_attention_dim=attention.config.context_dims[0])
+
+    def randomised(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        state = {}
+        for key, value in module.state_dict().items():
+            noise = torch.randn(value.shape, generator=generator) / value.shape[-1] ** 0.5
+            state[key] = 1.0 + 0.1 * noise if key == "norm.weight" else noise
+        return state
+
+    return {"w_proj": randomised(projection), "wplus_adapter": randomised(attention)}
