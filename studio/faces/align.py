@@ -59,6 +59,10 @@ FFHQ_BLUR = 0.02
 E4E_SIZE = 256
 """Side of the FFHQ crop that e4e encodes."""
 
+E4E_MIN_QUAD_SIDE = 128
+"""Smallest FFHQ square, in photo pixels, worth encoding with e4e: below it the 256-px crop is
+more than 2x upscaled and the inversion sees blur instead of a face."""
+
 MAX_SUPERSAMPLING = 4
 """Most output-pixel subdivisions of an anti-aliased warp (FFHQ renders 4096 px for 1024)."""
 
@@ -259,6 +263,7 @@ def align_ffhq_quad(
     *,
     transform_size: int | None = None,
     padding: bool = True,
+    min_quad_side: float = 0.0,
 ) -> AlignedFace:
     """FFHQ's ``recreate_aligned_images``, step for step, from four anchor points.
 
@@ -276,6 +281,8 @@ def align_ffhq_quad(
         transform_size: side of the warp before the final resize, at least ``size``
             (FFHQ renders at 4 x the output); defaults to ``4 * size``.
         padding: fill beyond the photo as FFHQ does (reflect, blur, fade) instead of black.
+        min_quad_side: refuse faces whose FFHQ square is smaller in the photo, e.g.
+            :data:`E4E_MIN_QUAD_SIDE` before e4e.
 
     Returns:
         The crop, with ``matrix`` mapping photo pixels to crop pixels through every step.
@@ -288,6 +295,11 @@ def align_ffhq_quad(
             f"need 0 < size <= transform_size, got size={size}, transform_size={transform_size}"
         )
     qsize = float(np.hypot(*(quad[3] - quad[0])))
+    if qsize < min_quad_side:
+        raise ValueError(
+            f"the face is too small: its FFHQ square is {qsize:.0f} px in the photo, at least "
+            f"{min_quad_side:.0f} px are needed; use a photo where the face is larger"
+        )
     work, to_work = image, np.eye(2, 3)
 
     # 1. Shrink

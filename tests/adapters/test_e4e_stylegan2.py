@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from adapters.e4e import E4E, E4EConfig, check_state_dict, load_e4e
-from adapters.stylegan2 import StyleGAN2Config, StyleGAN2Generator, Upsample
+from adapters.stylegan2 import StyleGAN2Config, StyleGAN2Generator, Upsample, upfirdn2d
 from adapters.synthetic_wplus import write_e4e_checkpoint
 
 TINY_ENCODER = E4EConfig(widths=(8, 8, 16, 16), n_styles=10)
@@ -214,3 +215,22 @@ def test_bad_checkpoints_fail_with_the_file_named(tmp_path, tiny_checkpoint):
         assert name in str(error.value)
     with pytest.raises(FileNotFoundError, match="e4e_ffhq_encode.pt"):
         load_e4e(tmp_path / "absent.pt")
+
+
+def test_upfirdn2d_is_zero_insertion_padding_and_true_convolution():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 2, 5, 6)).astype(np.float32)
+    kernel = rng.normal(size=(4, 4)).astype(np.float32)  # asymmetric: the flip matters
+    up, (before, after) = 2, (2, 1)
+    # Reference by the definition: insert up-1 zeros after each sample, pad, convolve.
+    grid = np.zeros((1, 2, 5 * up, 6 * up), np.float32)
+    grid[..., ::up, ::up] = x
+    grid = np.pad(grid, ((0, 0), (0, 0), (before, after), (before, after)))
+    out_h, out_w = grid.shape[2] - 3, grid.shape[3] - 3
+    expected = np.zeros((1, 2, out_h, out_w), np.float32)
+    for i in range(out_h):
+        for j in range(out_w):
+            window = grid[..., i : i + 4, j : j + 4]
+            expected[..., i, j] = (window * kernel[::-1, ::-1]).sum(axis=(-2, -1))
+    ours = upfirdn2d(torch.from_numpy(x), torch.from_numpy(kernel), up=up, pad=(before, after))
+    np.testing.assert_allclose(ours.numpy(), expected, atol=1e-5)

@@ -8,6 +8,7 @@ import pytest
 
 from studio.faces.align import (
     ARCFACE_TEMPLATE_112,
+    E4E_MIN_QUAD_SIDE,
     HEAD_CROP_FACE_FRACTION,
     align_face,
     align_ffhq,
@@ -414,5 +415,8 @@ def test_ffhq_padding_reflects_and_fades_beyond_the_photo(portraits):
     np.testing.assert_allclose(padded.matrix, black.matrix)
     with pytest.raises(ValueError, match="transform_size"):
         align_ffhq_quad(image, points, 256, transform_size=128)
+    small = (points - points.mean(axis=0)) * 0.1 + points.mean(axis=0)
+    with pytest.raises(ValueError, match="too small"):
+        align_ffhq_quad(image, small, 256, min_quad_side=E4E_MIN_QUAD_SIDE)
     with pytest.raises(ValueError, match="coincide"):
         align_ffhq_quad(image, np.ones((4, 2)), 256)
