@@ -15,7 +15,8 @@ On each cross-attention layer, :class:`WPlusContribution` adds, before ``to_out`
 where ``text_attention`` is that layer's attention over the text (heads merged), so it sits on
 the stack as a :attr:`~adapters.stack.Stage.RESIDUAL_ATTENTION` term. Beside the identity
 adapter without FaceID LoRA, the two terms are independent and add. The published pipeline sets
-the scale to 0 for the first steps (:class:`WPlusSchedule`).
+the scale to 0 for the first steps (:class:`WPlusSchedule`). The stage-1 release
+(``wplus_adapter_stage1.bin``) has the same layout and loads the same way.
 """
 
 from __future__ import annotations
