@@ -192,7 +192,7 @@ class E4E(nn.Module):
                 f"e4e encodes {E4E_INPUT_SIZE}-px FFHQ crops, got {list(faces.shape[-2:])}; "
                 "align with studio.faces.align.align_ffhq_quad(image, points, 256)"
             )
-        offsets = self.encoder(faces.to(self.latent_avg.dtype))
+        offsets = self.encoder(faces.to(self.latent_avg))
         return offsets + self.latent_avg
 
     def render(self, w_plus: torch.Tensor, **kwargs) -> torch.Tensor:

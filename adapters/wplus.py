@@ -207,12 +207,14 @@ def load_wplus_adapter(
     model = denoiser(pipeline)
     parameter = next(model.parameters())
     attention = WPlusAttention.for_denoiser(model)
-    projection_state = checkpoint["w_proj"]
-    width = attention.config.context_dims[0] if attention.config.context_dims else 0
-    projection = WProjection(cross_attention_dim=width)
+    if not attention.config.indices:
+        raise ValueError(
+            f"{type(model).__name__} has no cross-attention layers for the W+ adapter to act on"
+        )
+    projection = WProjection(cross_attention_dim=attention.config.context_dims[0])
     for module, state, what in (
         (attention, checkpoint["wplus_adapter"], "wplus_adapter"),
-        (projection, projection_state, "w_proj"),
+        (projection, checkpoint["w_proj"], "w_proj"),
     ):
         _check_keys(module, state, what, source)
         module.load_state_dict(state, strict=True)
