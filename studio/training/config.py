@@ -34,9 +34,18 @@ FITTED_HELP = (
 """Where the defaults differ from the ones each flag names (:mod:`studio.training.fit`)."""
 
 RESUMABLE = frozenset(
-    {"steps", "validate_every", "checkpoint_every", "checkpoints_total_limit", "export_kohya"}
+    {
+        "steps",
+        "validate_every",
+        "validation_images",
+        "validation_inference_steps",
+        "checkpoint_every",
+        "checkpoints_total_limit",
+        "export_kohya",
+    }
 )
-"""Settings a resumed run may change; every other one is the run's own and must agree."""
+"""Settings a resumed run may change (none changes the training itself); every other one is
+the run's own and must agree."""
 
 
 @dataclass(frozen=True)

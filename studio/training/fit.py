@@ -73,6 +73,16 @@ def fit_defaults(model_set: ModelSet, device: str, steps: int | None = None) -> 
     return None
 
 
+def torch_threads(model_set: ModelSet, device: str) -> int | None:
+    """CPU threads for training ``model_set`` (``None``: torch's default).
+
+    The tiny sets' operations are too small to split: with two or more threads each of their
+    thousands of small ops per step waits on a barrier, which on a busy machine (threads
+    descheduled by other processes) made steps and validations several times slower.
+    """
+    return 1 if device == "cpu" and is_tiny(model_set) else None
+
+
 def fit_for(given: Mapping[str, Any], device: str) -> DeviceFit | None:
     """:func:`fit_defaults` for the model set and steps of the flags ``given``."""
     from studio.models import select_model_set

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,6 +48,7 @@ from studio.training.export import (
     load_lora,
     save_lora,
 )
+from studio.training.fit import torch_threads
 from studio.training.model import add_lora, load_models, lora_parameters
 from studio.training.photos import select_photos
 from studio.training.report import TrainingSummary, write_report
@@ -219,7 +221,8 @@ class Trainer:
                 self.folder.rewind(0)
         elif config.resume:
             self._resume()
-        self.cached = self._cache_inputs(class_images)
+        with self._threads():
+            self.cached = self._cache_inputs(class_images)
         self.validator = Validator(
             self.models,
             self.record.family,
@@ -322,6 +325,18 @@ class Trainer:
         logger.info("resumed from %s at step %d", path, self.step)
 
     # Helpers
+
+    @contextmanager
+    def _threads(self) -> Iterator[None]:
+        """Torch CPU threads fitted to the model set while the run computes (then restored)."""
+        n = torch_threads(select_model_set(self.record.model_set), self.settings.torch_device())
+        before = torch.get_num_threads()
+        if n is not None:
+            torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def _unwrapped(self) -> tuple[torch.nn.Module, list[torch.nn.Module]]:
         unwrap = self.accelerator.unwrap_model
@@ -484,6 +499,10 @@ class Trainer:
 
     def run(self, on_progress: ProgressCallback | None = None) -> TrainingResult:
         """Train to ``--steps`` or until ``stop`` is set (then checkpoint and return)."""
+        with self._threads():
+            return self._run(on_progress)
+
+    def _run(self, on_progress: ProgressCallback | None) -> TrainingResult:
         from tqdm.auto import tqdm
 
         config, accel, stop = self.config, self.accelerator, self.stop
