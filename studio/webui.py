@@ -391,9 +391,9 @@ def training_defaults(studio: Studio) -> tuple[int, str]:
         values = {**vars(d), "resolution": RESOLUTIONS[studio.model_set.family]}
         return d.steps, f"Default run on the {device}: {describe(values)}."
     return int(fit.values["steps"]), (
-        f"Default run for {fit.reason}: {describe(fit.values)}, sized to finish in minutes "
-        "rather than hours. The time left shows beside the progress bar once the first step "
-        "is measured."
+        f"Default run for {fit.reason}: {describe(fit.values)}, sized for this machine "
+        "(minutes, not hours). The time left shows beside the progress bar once the first "
+        "step is measured."
     )
 
 

@@ -28,8 +28,9 @@ FITTED_HELP = (
     "The defaults named above are a GPU's. On the CPU a real model set trains at half size "
     "(256 px for sd15, 512 for sdxl) for 100 steps with one validation image at the end, and "
     "the tiny sets train at 64 px for 100 steps with 2 small validation images halfway and "
-    "at the end, so a default run finishes in minutes; any flag given overrides this. The "
-    "time left is shown with the progress bar once the first step is measured."
+    "at the end: a default run takes a minute or so on the tiny sets and tens of minutes "
+    "rather than many hours on the CPU; any flag given overrides this. The time left is "
+    "shown with the progress bar once the first step is measured."
 )
 """Where the defaults differ from the ones each flag names (:mod:`studio.training.fit`)."""
 

@@ -462,6 +462,7 @@ class Trainer:
             ),
             self.optimizer.state_dict(),
             lambda folder: save_lora(folder, unet, encoders, meta),
+            keep=self.config.checkpoints_total_limit,
         )
         self.folder.keep_best(self.best_step)
         rotate(self.folder.root, self.config.checkpoints_total_limit)

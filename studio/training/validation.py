@@ -4,8 +4,8 @@ The images come from a short denoising loop over the training modules themselves
 (DPM-Solver++ with classifier-free guidance), not from a pipeline object, so a validation loads
 and copies nothing (no image encoder or feature extractor), embeds its prompts once when the
 text encoders are frozen, and stops between any two denoising steps when asked to.
-A validation costs about ``K x N x 2 / 3`` training steps (K images, N denoising steps, each a
-UNet forward of a guided pair, against a training step's forward and backward of one photo).
+A validation costs about ``K x N`` UNet forwards of a guided pair plus K decodes; measured
+multiples of a training step are in BENCHMARKS.md (issue 15).
 """
 
 from __future__ import annotations
