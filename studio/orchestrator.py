@@ -422,8 +422,6 @@ class Studio:
         from studio.training.trainer import train
 
         given = {"profile": profile, "models": self.model_set.name, **flags}
-        if "resolution" not in given and "train_resolution" in self.model_set.defaults:
-            given["resolution"] = self.model_set.defaults["train_resolution"]
         runs = self.training_runs(profile)
         if resume:
             if not runs:
@@ -435,7 +433,7 @@ class Studio:
             while out.exists():
                 out, n = self._runs_dir / f"{slug(profile)}-{stamp}-{n}", n + 1
             given["out"] = str(out)
-        config = config_from_flags(given)
+        config = config_from_flags(given, self.settings.torch_device())
         with self._gpu_lock:
             self._training.set()
             try:
