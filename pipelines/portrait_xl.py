@@ -47,6 +47,7 @@ from transformers import (
 )
 
 from adapters import IdentityAdapterMixin
+from adapters.formats import InstantID
 from pipelines.conditioning import (
     ConditionImageInput,
     PortraitConditioningMixin,
@@ -409,6 +410,18 @@ class PortraitXLPipeline(
             control_guidance_start=control_guidance_start,
             control_guidance_end=control_guidance_end,
         )
+        architecture = self.identity_architecture
+        if (
+            isinstance(architecture, InstantID)
+            and identity_embeds is not None
+            and getattr(self, "identitynet", None) is None
+            and control_images is not None
+        ):
+            logger.warning(
+                "the InstantID adapter runs without an IdentityNet while `controlnet` reads the "
+                "prompt; if that ControlNet is InstantID's IdentityNet (its folder name does not "
+                "say so), pass it as `identitynet=` and its image as `keypoint_image=`"
+            )
         if keypoint_images is None:
             if identitynet_conditioning_scale is not None:
                 raise ValueError(

@@ -101,6 +101,24 @@ def test_identitynet_in_a_list_of_controlnets_is_split_out(instantid_pipe, sdxl_
     assert pipe.identitynet is instantid_pipe.identitynet and pipe.controlnet is depth
 
 
+def test_an_identitynet_from_an_unnamed_folder_is_not_run_silently(
+    instantid_pipe, identitynet_path, tmp_path, caplog
+):
+    """Its config is an ordinary ControlNet's: without a telling folder name it stays a
+    ControlNet on the prompt, and the call says how to make it the IdentityNet."""
+    unnamed = tmp_path / "weights" / "ControlNetModel"
+    ControlNetModel.from_pretrained(identitynet_path).save_pretrained(unnamed)
+    components = {**instantid_pipe.components, "identitynet": None}
+    pipe = PortraitXLPipeline(
+        **{**components, "controlnet": ControlNetModel.from_pretrained(unnamed)}
+    )
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.identitynet is None and pipe.controlnet is not None
+    with caplog.at_level("WARNING"):
+        generate(pipe, identity_embeds=unit_embeds(1), control_image=condition(3))
+    assert "pass it as `identitynet=`" in caplog.text
+
+
 def test_sd15_refuses_the_identitynet(sd15_path, identitynet_path):
     with pytest.raises(ValueError, match="IdentityNet is an SDXL net.*PortraitXLPipeline"):
         load(
