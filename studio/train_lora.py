@@ -89,8 +89,7 @@ def _say_fitted(config, given, device: str) -> None:
         return
     print(
         f"defaults for {fit.reason}: {describe(config.to_json())} (flags override them); "
-        "the time left shows once the first step is measured",
-        file=sys.stderr,
+        "the time left shows once the first step is measured"
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from studio.errors import ConfigError
 from studio.families import get_family
 from studio.training.captions import DEFAULT_CLASS_WORD, DEFAULT_TRIGGER, check_token
+from studio.training.fit import DEFAULT_MODELS, fit_for
 
 MAX_INFERENCE_STEPS = 1000
 """The SD schedulers' training timesteps: a sampler cannot take more steps than these."""
@@ -53,7 +54,7 @@ class TrainConfig:
 
     photos: tuple[str, ...] = ()
     profile: str | None = None
-    models: str = "sd15"
+    models: str = DEFAULT_MODELS
     out: str | None = None
     steps: int = 500
     rank: int = 16
@@ -265,8 +266,6 @@ def config_from_flags(given: Mapping[str, Any], device: str | None = None) -> Tr
     """
     fitted = {}
     if device is not None and not given.get("resume"):
-        from studio.training.fit import fit_for
-
         fit = fit_for(given, device)
         fitted = fit.applied(given) if fit else {}
     config = replace(TrainConfig(), **fitted, **given)

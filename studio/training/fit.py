@@ -15,6 +15,8 @@ from typing import Any
 
 from studio.models.catalog import ModelSet
 
+DEFAULT_MODELS = "sd15"
+"""The model set a run trains on unless ``--models`` names another."""
 TINY_STEPS = 100
 CPU_STEPS = 100
 CPU_SIZE_DIVISOR = 2
@@ -86,9 +88,8 @@ def torch_threads(model_set: ModelSet, device: str) -> int | None:
 def fit_for(given: Mapping[str, Any], device: str) -> DeviceFit | None:
     """:func:`fit_defaults` for the model set and steps of the flags ``given``."""
     from studio.models import select_model_set
-    from studio.training.config import TrainConfig
 
-    model_set = select_model_set(given.get("models", TrainConfig.models))
+    model_set = select_model_set(given.get("models", DEFAULT_MODELS))
     return fit_defaults(model_set, device, given.get("steps"))
 
 

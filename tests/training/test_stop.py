@@ -157,7 +157,7 @@ def test_a_default_cli_run_on_the_tiny_set_is_small_and_loads_no_image_processor
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "LOADED []" in proc.stdout  # no CLIP image processor, no pipeline module
     assert "CLIPImageProcessor" not in proc.stderr
-    assert "defaults for the tiny set (random weights): 64 px, 4 steps" in proc.stderr
+    assert "defaults for the tiny set (random weights): 64 px, 4 steps" in proc.stdout
     params = json.loads((out / "report.json").read_text())["params"]
     assert (params["resolution"], params["validation_images"]) == (64, 2)
     assert [r["step"] for r in _records(out, "validation")] == [2, 4]
