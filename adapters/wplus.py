@@ -184,8 +184,12 @@ class WPlusSchedule:
                 f"W+ start must be a fraction of the steps in [0, 1], got {self.start}"
             )
 
+    def started(self, step: int, num_steps: int) -> bool:
+        """Whether W+ is on at step ``step`` of ``num_steps``."""
+        return step >= round(self.start * num_steps)
+
     def scale_at(self, step: int, num_steps: int) -> float:
-        return 0.0 if step < round(self.start * num_steps) else self.scale
+        return self.scale if self.started(step, num_steps) else 0.0
 
 
 def read_wplus_adapter(source: str | Path | Mapping) -> dict[str, dict[str, torch.Tensor]]:

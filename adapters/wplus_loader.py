@@ -193,7 +193,7 @@ class WPlusAdapterMixin:
         inputs = None if state is None else state.inputs.get(WPLUS)
         if schedule is None or inputs is None:
             return cross_attention_kwargs
-        if WPlusSchedule(start=schedule.start).scale_at(step, num_steps) != 0:
+        if schedule.started(step, num_steps):
             return cross_attention_kwargs
         off = state.with_input(WPLUS, replace(inputs, scale=0.0))
         return {**cross_attention_kwargs, STATE_KEY: off}
