@@ -223,6 +223,7 @@ class IdentityAdapterMixin:
         identity_tokens: torch.Tensor | None = None,
         identity_scale: float | dict | None = None,
         identity_rows: Sequence[bool] | None = None,
+        extra_inputs: Mapping[str, ContributionInput] | None = None,
     ) -> dict[str, Any] | None:
         """The denoiser's ``cross_attention_kwargs`` for one call, with the identity inputs.
 
@@ -236,15 +237,24 @@ class IdentityAdapterMixin:
             identity_rows: one bool per generated image: which images get the identity (the
                 FaceID LoRA included); under classifier-free guidance each negative row follows
                 its image. ``None``: every image.
+            extra_inputs: other contributions' inputs for this call, by contribution name (e.g.
+                the W+ adapter's ``"wplus"``).
 
         Returns:
             ``cross_attention_kwargs`` plus ``"portrait"``: an ``AttentionCallState`` with the
-            identity's ``ContributionInput``; unchanged when there are no identity tokens.
+            identity's and ``extra_inputs``' ``ContributionInput``; unchanged without either.
         """
+        extra_inputs = dict(extra_inputs or {})
+        if IDENTITY in extra_inputs:
+            raise ValueError(
+                f"{IDENTITY!r} is the identity adapter's input: pass `identity_tokens`, not "
+                "`extra_inputs`"
+            )
         if identity_tokens is None:
             if identity_scale is not None or identity_rows is not None:
                 raise ValueError("`identity_scale` and `identity_rows` need identity tokens")
-            return cross_attention_kwargs
+            if not extra_inputs:
+                return cross_attention_kwargs
         kwargs = dict(cross_attention_kwargs or {})
         state = kwargs.get(STATE_KEY)
         if state is None:
@@ -254,16 +264,20 @@ class IdentityAdapterMixin:
                 f"cross_attention_kwargs[{STATE_KEY!r}] must be an AttentionCallState, got "
                 f"{type(state).__name__}"
             )
-        scale = identity_scale
-        if isinstance(identity_scale, dict):
-            scale = self._layer_scales(identity_scale)
-        elif identity_scale is not None:
-            check_scale(identity_scale, "identity scale")
-        rows = None
-        if identity_rows is not None:
-            rows = self._denoiser_rows(identity_rows, len(identity_tokens))
-        inputs = ContributionInput(tokens=identity_tokens, scale=scale, rows=rows)
-        kwargs[STATE_KEY] = state.with_input(IDENTITY, inputs)
+        for name, inputs in extra_inputs.items():
+            state = state.with_input(name, inputs)
+        if identity_tokens is not None:
+            scale = identity_scale
+            if isinstance(identity_scale, dict):
+                scale = self._layer_scales(identity_scale)
+            elif identity_scale is not None:
+                check_scale(identity_scale, "identity scale")
+            rows = None
+            if identity_rows is not None:
+                rows = self._denoiser_rows(identity_rows, len(identity_tokens))
+            inputs = ContributionInput(tokens=identity_tokens, scale=scale, rows=rows)
+            state = state.with_input(IDENTITY, inputs)
+        kwargs[STATE_KEY] = state
         return kwargs
 
     def identity_row_mask(

@@ -31,7 +31,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from adapters.layout import attention_layers, denoiser
+from adapters.layout import attention_layers
 from adapters.stack import Contribution, ContributionInput, Stage, token_attention
 
 #: The W+ adapter's contribution name in the attention stack and the call state.
@@ -91,23 +91,43 @@ class WPlusAttnLayer(nn.Module):
 
 class WPlusAttention(ModelMixin, ConfigMixin):
     """A UNet's W+ attention weights, keyed like the published ``wplus_adapter`` dict: child
-    ``str(index)`` per cross-attention layer, ``index`` its place in ``attn_processors``."""
+    ``str(index)`` per cross-attention layer, ``index`` its place in ``attn_processors``.
+
+    Its config also holds the pipeline's W+ schedule (``scale``, ``start``: see
+    :class:`WPlusSchedule`), so a saved pipeline loads with the scale and start it was saved with.
+    """
 
     @register_to_config
-    def __init__(self, indices: list[int], hidden_sizes: list[int], context_dims: list[int]):
+    def __init__(
+        self,
+        indices: list[int],
+        hidden_sizes: list[int],
+        context_dims: list[int],
+        scale: float = 1.0,
+        start: float = 0.0,
+    ):
         super().__init__()
+        WPlusSchedule(scale=scale, start=start)  # checks the start fraction
         for index, hidden, context in zip(indices, hidden_sizes, context_dims, strict=True):
             self.add_module(str(index), WPlusAttnLayer(hidden, context))
 
     @classmethod
-    def for_denoiser(cls, model: nn.Module) -> WPlusAttention:
+    def for_denoiser(
+        cls, model: nn.Module, *, scale: float = 1.0, start: float = 0.0
+    ) -> WPlusAttention:
         """Empty weights for every cross-attention layer of ``model``."""
         layers = [layer for layer in attention_layers(model) if layer.is_cross_attention]
         return cls(
             indices=[layer.index for layer in layers],
             hidden_sizes=[layer.hidden_size for layer in layers],
             context_dims=[layer.context_dim for layer in layers],
+            scale=scale,
+            start=start,
         )
+
+    @property
+    def schedule(self) -> WPlusSchedule:
+        return WPlusSchedule(scale=self.config.scale, start=self.config.start)
 
     def layer(self, index: int) -> WPlusAttnLayer | None:
         return self._modules.get(str(index))
@@ -164,8 +184,12 @@ class WPlusSchedule:
                 f"W+ start must be a fraction of the steps in [0, 1], got {self.start}"
             )
 
+    def started(self, step: int, num_steps: int) -> bool:
+        """Whether W+ is on at step ``step`` of ``num_steps``."""
+        return step >= round(self.start * num_steps)
+
     def scale_at(self, step: int, num_steps: int) -> float:
-        return 0.0 if step < round(self.start * num_steps) else self.scale
+        return self.scale if self.started(step, num_steps) else 0.0
 
 
 def read_wplus_adapter(source: str | Path | Mapping) -> dict[str, dict[str, torch.Tensor]]:
@@ -194,19 +218,18 @@ def read_wplus_adapter(source: str | Path | Mapping) -> dict[str, dict[str, torc
     return {"w_proj": dict(source["w_proj"]), "wplus_adapter": dict(source["wplus_adapter"])}
 
 
-def load_wplus_adapter(
-    pipeline: object, source: str | Path | Mapping, *, scale: float = 1.0
-) -> WProjection:
-    """Stack the W+ term on the pipeline's cross-attention layers from ``wplus_adapter.bin``.
+def wplus_modules(
+    model: nn.Module, source: str | Path | Mapping, *, scale: float = 1.0, start: float = 0.0
+) -> tuple[WProjection, WPlusAttention]:
+    """The W+ projection and attention weights of ``wplus_adapter.bin`` for the denoiser
+    ``model``, on its device and dtype.
 
-    Every published key must be present with the shape this denoiser needs. Returns the
-    :class:`WProjection` (on the denoiser's device and dtype) that makes the call's tokens;
-    ``pipeline.remove_attention_contribution("wplus")`` takes the term off again.
+    Every published key must be present with the shape this denoiser needs; nothing is
+    installed (``WPlusAdapterMixin.load_wplus_adapter`` registers them on a pipeline).
     """
     checkpoint = read_wplus_adapter(source)
-    model = denoiser(pipeline)
     parameter = next(model.parameters())
-    attention = WPlusAttention.for_denoiser(model)
+    attention = WPlusAttention.for_denoiser(model, scale=scale, start=start)
     if not attention.config.indices:
         raise ValueError(
             f"{type(model).__name__} has no cross-attention layers for the W+ adapter to act on"
@@ -218,16 +241,10 @@ def load_wplus_adapter(
     ):
         _check_keys(module, state, what, source)
         module.load_state_dict(state, strict=True)
-    attention.to(device=parameter.device, dtype=parameter.dtype)
-    projection.to(device=parameter.device, dtype=parameter.dtype)
-    layers = {layer.index: layer.name for layer in attention_layers(model)}
-    pipeline.add_attention_contribution(
-        {
-            layers[index]: WPlusContribution(attention.layer(index), scale=scale)
-            for index in attention.config.indices
-        }
-    )
-    return projection
+    for module in (attention, projection):
+        # nn.Module.to: ModelMixin.to warns about fp32-pinned modules even when there are none
+        nn.Module.to(module, device=parameter.device, dtype=parameter.dtype).eval()
+    return projection, attention
 
 
 def _check_keys(module: nn.Module, state: Mapping, what: str, source: object) -> None:

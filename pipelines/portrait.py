@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
@@ -46,7 +47,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from adapters import IdentityAdapterMixin
+from adapters import IdentityAdapterMixin, WPlusAdapterMixin
 from pipelines.conditioning import ConditionImageInput, PortraitConditioningMixin, is_identitynet
 
 logger = logging.get_logger(__name__)
@@ -88,7 +89,9 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDiffusionPipeline):
+class PortraitPipeline(
+    PortraitConditioningMixin, WPlusAdapterMixin, IdentityAdapterMixin, StableDiffusionPipeline
+):
     r"""
     Pipeline for identity-preserving portraits with Stable Diffusion 1.5.
 
@@ -102,13 +105,16 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
     (textual inversion, LoRA, single file, IP-Adapter) and
     [`~adapters.IdentityAdapterMixin.load_identity_adapter`] /
     [`~adapters.IdentityAdapterMixin.set_identity_scale`] /
-    [`~adapters.IdentityAdapterMixin.unload_identity_adapter`].
+    [`~adapters.IdentityAdapterMixin.unload_identity_adapter`], and the W+ adapter's
+    [`~adapters.WPlusAdapterMixin.load_wplus_adapter`] /
+    [`~adapters.WPlusAdapterMixin.set_wplus_scale`] /
+    [`~adapters.WPlusAdapterMixin.unload_wplus_adapter`] (`wplus=` in a call).
 
     With `enable_model_cpu_offload`, the ControlNet is not part of `model_cpu_offload_seq`: it
     runs at every step beside the UNet, and in the chain each step would move it to and from the
     accelerator. Like diffusers' ControlNet pipelines, it gets its own hook instead (loaded on
-    first use, offloaded at the end of the call); `identity_attn` holds weights that run inside
-    the UNet's attention processors, so they move with the UNet.
+    first use, offloaded at the end of the call); `identity_attn` and `wplus_attn` hold weights
+    that run inside the UNet's attention processors, so they move with the UNet.
 
     Args:
         vae ([`AutoencoderKL`]):
@@ -139,11 +145,20 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
         identity_attn ([`ModelMixin`], *optional*):
             The identity adapter's attention weights, used by the processors it installs on the
             UNet; set by [`~adapters.IdentityAdapterMixin.load_identity_adapter`].
+        wplus_projection ([`ModelMixin`], *optional*):
+            The W+ adapter's projection from a W+ latent to W+ tokens; set by
+            [`~adapters.WPlusAdapterMixin.load_wplus_adapter`].
+        wplus_attn ([`ModelMixin`], *optional*):
+            The W+ adapter's attention weights (and its scale and start fraction), used by the
+            W+ term on the UNet's cross-attention layers; set by
+            [`~adapters.WPlusAdapterMixin.load_wplus_adapter`].
         requires_safety_checker (`bool`, *optional*, defaults to `True`):
             Whether to warn when the pipeline runs without a safety checker.
     """
 
-    model_cpu_offload_seq = "text_encoder->image_encoder->identity_projection->unet->vae"
+    model_cpu_offload_seq = (
+        "text_encoder->image_encoder->identity_projection->wplus_projection->unet->vae"
+    )
     _optional_components: ClassVar[list[str]] = [
         "safety_checker",
         "feature_extractor",
@@ -151,6 +166,8 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
         "controlnet",
         "identity_projection",
         "identity_attn",
+        "wplus_projection",
+        "wplus_attn",
     ]
     _exclude_from_cpu_offload: ClassVar[list[str]] = ["safety_checker"]
     _callback_tensor_inputs: ClassVar[list[str]] = [
@@ -177,6 +194,8 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
         controlnet: ControlNetModel | list[ControlNetModel] | MultiControlNetModel | None = None,
         identity_projection: ModelMixin | None = None,
         identity_attn: ModelMixin | None = None,
+        wplus_projection: ModelMixin | None = None,
+        wplus_attn: ModelMixin | None = None,
         requires_safety_checker: bool = True,
     ):
         super().__init__(
@@ -211,6 +230,8 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
             controlnet=controlnet,
             identity_projection=identity_projection,
             identity_attn=identity_attn,
+            wplus_projection=wplus_projection,
+            wplus_attn=wplus_attn,
         )
 
     def check_inputs(
@@ -230,6 +251,8 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
         identity_scale: float | dict | None = None,
         identity_image: PipelineImageInput | None = None,
         identity_rows: Sequence[bool] | None = None,
+        wplus: torch.Tensor | np.ndarray | None = None,
+        wplus_scale: float | None = None,
         num_images_per_prompt: int = 1,
         control_images: list[torch.Tensor] | None = None,
         controlnet_conditioning_scale: float | list[float] | None = None,
@@ -237,7 +260,8 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
         control_guidance_start: float | list[float] | None = None,
         control_guidance_end: float | list[float] | None = None,
     ) -> None:
-        """[`~diffusers.StableDiffusionPipeline.check_inputs`] plus the identity and control inputs.
+        """[`~diffusers.StableDiffusionPipeline.check_inputs`] plus the identity, W+ and control
+        inputs.
 
         `control_images` are the batches from
         [`~pipelines.conditioning.PortraitConditioningMixin.control_image_tensors`].
@@ -265,6 +289,9 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
             ip_adapter_image_embeds=ip_adapter_image_embeds,
             identity_rows=identity_rows,
             num_images_per_prompt=num_images_per_prompt,
+        )
+        self.check_wplus_inputs(
+            wplus, wplus_scale, batch_size=self.prompt_batch_size(prompt, prompt_embeds)
         )
         self.check_condition_options(
             has_nets=control_images is not None,
@@ -295,6 +322,8 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
         identity_scale: float | dict | None = None,
         identity_image: PipelineImageInput | None = None,
         identity_rows: Sequence[bool] | None = None,
+        wplus: torch.Tensor | np.ndarray | None = None,
+        wplus_scale: float | None = None,
         control_image: ConditionImageInput | list[ConditionImageInput] | None = None,
         controlnet_conditioning_scale: float | list[float] | None = None,
         guess_mode: bool = False,
@@ -365,6 +394,15 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
                 One bool per generated image (prompts x `num_images_per_prompt`): which images
                 get the identity (tokens, scale and FaceID LoRA), in one batch; each image equals
                 a run of it alone, with or without `identity_embeds`. `None`: every image.
+            wplus (`torch.Tensor` or `np.ndarray`, *optional*):
+                The person's W+ latent (e4e's inversion of the aligned face), `[18, 512]` for
+                every prompt or `[batch, 18, 512]` with one per prompt, fed to the loaded W+
+                adapter ([`~adapters.WPlusAdapterMixin.load_wplus_adapter`]) beside any
+                `identity_embeds`; its term is off before the adapter's start fraction of the
+                steps. `None` generates without W+.
+            wplus_scale (`float`, *optional*):
+                The W+ adapter's scale for this call only; `None` keeps the adapter's. `0`
+                gives exactly the images of the pipeline without the W+ adapter.
             control_image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list, *optional*):
                 The ControlNet condition, e.g. a face-mesh drawing: a PIL image, an RGB
                 `[H, W, 3]` / `[B, H, W, 3]` array (uint8, or float in [0, 1]), a `[3, H, W]` /
@@ -393,7 +431,8 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
                 Whether to return a [`StableDiffusionPipelineOutput`] instead of a tuple.
             cross_attention_kwargs (`dict`, *optional*):
                 Passed to the UNet's attention processors (e.g. `{"scale": 0.5}` for LoRA); the
-                identity inputs are added under `"portrait"` (an `adapters.AttentionCallState`).
+                identity and W+ inputs are added under `"portrait"` (an
+                `adapters.AttentionCallState`).
             guidance_rescale (`float`, *optional*, defaults to 0.0):
                 Guidance rescale factor from [Common Diffusion Noise Schedules and Sample Steps
                 are Flawed](https://huggingface.co/papers/2305.08891).
@@ -442,6 +481,8 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
             identity_scale=identity_scale,
             identity_image=identity_image,
             identity_rows=identity_rows,
+            wplus=wplus,
+            wplus_scale=wplus_scale,
             num_images_per_prompt=num_images_per_prompt,
             control_images=control_images,
             controlnet_conditioning_scale=controlnet_conditioning_scale,
@@ -498,7 +539,7 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
                 self.do_classifier_free_guidance,
             )
 
-        # 4. Encode the identity: its tokens reach the adapter's processors on the UNet
+        # 4. Encode the identity and the W+: their tokens reach the adapters' terms on the UNet
         identity_tokens = None
         if identity_embeds is not None:
             identity_tokens = self.encode_identity_tokens(
@@ -506,6 +547,14 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
                 identity_image,
                 device=device,
                 num_images=batch_size * num_images_per_prompt,
+                do_classifier_free_guidance=self.do_classifier_free_guidance,
+            )
+        wplus_tokens = None
+        if wplus is not None:
+            wplus_tokens = self.encode_wplus(
+                wplus,
+                batch_size=batch_size,
+                num_images_per_prompt=num_images_per_prompt,
                 do_classifier_free_guidance=self.do_classifier_free_guidance,
             )
 
@@ -557,15 +606,17 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
                 guidance_scale_tensor, embedding_dim=self.unet.config.time_cond_proj_dim
             ).to(device=device, dtype=latents.dtype)
 
-        # 9. Denoising loop, with the identity on the UNet's attention for this call
+        # 9. Denoising loop, with the identity and W+ on the UNet's attention for this call
         num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
         self._num_timesteps = len(timesteps)
-        self._cross_attention_kwargs = self.attention_call_kwargs(
+        attention_kwargs = self.attention_call_kwargs(
             cross_attention_kwargs,
             identity_tokens=identity_tokens,
             identity_scale=identity_scale,
             identity_rows=identity_rows,
+            extra_inputs=self.wplus_call_inputs(wplus_tokens, wplus_scale),
         )
+        self._cross_attention_kwargs = attention_kwargs
         # Copied from diffusers.pipelines.controlnet.pipeline_controlnet.StableDiffusionControlNetPipeline.__call__  # noqa: E501
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
@@ -577,6 +628,11 @@ class PortraitPipeline(PortraitConditioningMixin, IdentityAdapterMixin, StableDi
                     torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
                 )
                 latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+
+                # Portrait: this step's attention inputs (W+ is off before its start fraction)
+                self._cross_attention_kwargs = self.wplus_step_kwargs(
+                    attention_kwargs, step=i, num_steps=len(timesteps)
+                )
 
                 # Portrait: the condition nets, optional and in one place
                 down_block_res_samples, mid_block_res_sample = self.condition_residuals(

@@ -228,6 +228,8 @@ class PortraitXLPipeline(
         "(insightface's `face.embedding` or `face.normed_embedding`, numpy or torch)",
         "ip_adapter_scale": "pass `identity_scale=` for this call, or keep a scale with "
         "`pipe.set_identity_scale(...)`",
+        "wplus": "the W+ adapter is trained for Stable Diffusion 1.5; generate with "
+        "`PortraitPipeline` and `pipe.load_wplus_adapter(...)`",
         "visual_prompt": "PortraitXLPipeline starts from noise and has no image-to-image start; "
         "generate without it",
         "visual_prompt_strength": "PortraitXLPipeline starts from noise and has no "

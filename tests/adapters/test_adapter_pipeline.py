@@ -29,11 +29,16 @@ from adapters import (
 )
 from adapters.loader import COMPONENTS
 from adapters.synthetic import synthetic_state_dict, write_checkpoint
+from adapters.wplus_loader import COMPONENTS as WPLUS_COMPONENTS
 
 
 def stock_components(components: dict) -> dict:
     """A portrait pipeline's components that diffusers' own StableDiffusionPipeline takes."""
-    return {k: v for k, v in components.items() if k not in (*COMPONENTS, "controlnet")}
+    return {
+        k: v
+        for k, v in components.items()
+        if k not in (*COMPONENTS, *WPLUS_COMPONENTS, "controlnet")
+    }
 
 
 SD15_FAMILIES = ("faceid-sd15", "faceid-plusv2-sd15")

@@ -20,7 +20,6 @@ from adapters.wplus import (
     WPlusContribution,
     WPlusSchedule,
     WProjection,
-    load_wplus_adapter,
 )
 
 WIDTH = 32
@@ -171,7 +170,8 @@ def test_published_file_loads_onto_the_cross_attention_layers(make_sd15_pipe, tm
     }
     path = tmp_path / "wplus_adapter.bin"
     torch.save(checkpoint, path)
-    projection = load_wplus_adapter(pipe, path, scale=0.9)
+    pipe.load_wplus_adapter(path, scale=0.9)
+    projection = pipe.wplus_projection
     assert pipe.attention_contributions() == [WPLUS]
     cross = [n for n in pipe.unet.attn_processors if n.endswith("attn2.processor")]
     stacked = {
@@ -206,6 +206,7 @@ def test_bad_wplus_files_fail_with_a_clear_message(make_sd15_pipe, tmp_path):
         path = tmp_path / name
         torch.save(obj, path)
         with pytest.raises(ValueError, match=message) as error:
-            load_wplus_adapter(pipe, path)
+            pipe.load_wplus_adapter(path)
         assert name in str(error.value)
     assert pipe.attention_contributions() == []
+    assert pipe.wplus_attn is None and pipe.wplus_projection is None

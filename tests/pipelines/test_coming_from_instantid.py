@@ -138,6 +138,7 @@ def test_sd15_refuses_the_identitynet(sd15_path, identitynet_path):
         ("image", "keypoint_image="),
         ("ip_adapter_scale", "identity_scale="),
         ("visual_prompt", "no image-to-image start"),
+        ("wplus", "`PortraitPipeline` and `pipe.load_wplus_adapter"),
         ("visual_prompt_strength", "no image-to-image start"),
         ("callback", "callback_on_step_end="),
         ("callback_steps", "callback_on_step_end="),

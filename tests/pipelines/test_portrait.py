@@ -82,7 +82,14 @@ def identity_pipe(sd15_path, faceid_checkpoint) -> PortraitPipeline:
 
 class TestPortraitPipeline(PortraitPipelineTesterMixin):
     pipeline_class = PortraitPipeline
-    optional_parts = ("controlnet", "identity_projection", "identity_attn", "safety_checker")
+    optional_parts = (
+        "controlnet",
+        "identity_projection",
+        "identity_attn",
+        "wplus_projection",
+        "wplus_attn",
+        "safety_checker",
+    )
 
 
 # -- loading ---------------------------------------------------------------------------------------
