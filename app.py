@@ -59,7 +59,7 @@ def build_demo(studio: Studio, *, banner: str | None = None) -> gr.Blocks:
     default_steps = int(studio.model_set.defaults.get("steps", 30))
     style_value = DEFAULT_STYLE if DEFAULT_STYLE in studio.styles else ""
     style_text, style_identity = webui.style_details(studio, style_value)
-    tiny = studio.model_set.name.startswith("tiny")
+    train_default_steps, train_plan = webui.training_defaults(studio)
 
     with gr.Blocks(title="Portrait Studio", analytics_enabled=False) as demo:
         gr.Markdown(
@@ -127,7 +127,9 @@ def build_demo(studio: Studio, *, banner: str | None = None) -> gr.Blocks:
             with gr.Tab("Train", elem_id="tab-train"):
                 gr.Markdown(
                     "Train an identity LoRA from the profile's accepted photos. Cancel keeps a "
-                    "checkpoint; Resume continues the latest run up to the steps set here."
+                    "checkpoint; Resume continues the latest run up to the steps set here.\n\n"
+                    + train_plan,
+                    elem_id="train-plan",
                 )
                 with gr.Row():
                     train_profile = gr.Dropdown(
@@ -140,7 +142,7 @@ def build_demo(studio: Studio, *, banner: str | None = None) -> gr.Blocks:
                     train_steps = gr.Slider(
                         1,
                         3000,
-                        value=20 if tiny else 500,
+                        value=train_default_steps,
                         step=1,
                         label="Steps",
                         elem_id="train-steps",

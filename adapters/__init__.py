@@ -22,6 +22,9 @@ _EXPORTS = {
     "FaceIDProjection": "adapters.projections",
     "FaceIDPlusProjection": "adapters.projections",
     "IdentityResampler": "adapters.projections",
+    "WPlusAdapterMixin": "adapters.wplus_loader",
+    "WPlusAttention": "adapters.wplus",
+    "WProjection": "adapters.wplus",
     "write_checkpoint": "adapters.synthetic",
     "write_identitynet": "adapters.synthetic",
 }
@@ -40,6 +43,9 @@ __all__ = [
     "IdentityResampler",
     "PortraitAttnProcessor",
     "Stage",
+    "WPlusAdapterMixin",
+    "WPlusAttention",
+    "WProjection",
     "write_checkpoint",
     "write_identitynet",
 ]
@@ -61,6 +67,8 @@ if TYPE_CHECKING:
         Stage,
     )
     from adapters.synthetic import write_checkpoint, write_identitynet
+    from adapters.wplus import WPlusAttention, WProjection
+    from adapters.wplus_loader import WPlusAdapterMixin
 
 
 def __getattr__(name: str):

@@ -105,13 +105,15 @@ class Architecture(ABC):
     ``name`` is the :attr:`AdapterSpec.architecture` string; ``projection`` the class that loads
     its ``image_proj`` half; ``published_lora_rank`` the rank of the FaceID LoRA its published
     files carry (``None``: none); ``takes_clip_features``: its projection also reads CLIP image
-    features.
+    features; ``trained_on_raw_embeddings``: trained on insightface's raw ``face.embedding``, so a
+    raw embedding is fed as is.
     """
 
     name: ClassVar[str]
     projection: ClassVar[type[ModelMixin]]
     published_lora_rank: ClassVar[int | None] = None
     takes_clip_features: ClassVar[bool] = False
+    trained_on_raw_embeddings: ClassVar[bool] = False
 
     @abstractmethod
     def recognises(self, image_proj: Mapping[str, torch.Tensor]) -> bool:
@@ -210,6 +212,7 @@ class InstantID(Architecture):
 
     name = "instantid"
     projection = IdentityResampler
+    trained_on_raw_embeddings = True
 
     def recognises(self, image_proj: Mapping[str, torch.Tensor]) -> bool:
         return "latents" in image_proj

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
@@ -222,6 +223,7 @@ class IdentityAdapterMixin:
         identity_tokens: torch.Tensor | None = None,
         identity_scale: float | dict | None = None,
         identity_rows: Sequence[bool] | None = None,
+        extra_inputs: Mapping[str, ContributionInput] | None = None,
     ) -> dict[str, Any] | None:
         """The denoiser's ``cross_attention_kwargs`` for one call, with the identity inputs.
 
@@ -235,15 +237,24 @@ class IdentityAdapterMixin:
             identity_rows: one bool per generated image: which images get the identity (the
                 FaceID LoRA included); under classifier-free guidance each negative row follows
                 its image. ``None``: every image.
+            extra_inputs: other contributions' inputs for this call, by contribution name (e.g.
+                the W+ adapter's ``"wplus"``).
 
         Returns:
             ``cross_attention_kwargs`` plus ``"portrait"``: an ``AttentionCallState`` with the
-            identity's ``ContributionInput``; unchanged when there are no identity tokens.
+            identity's and ``extra_inputs``' ``ContributionInput``; unchanged without either.
         """
+        extra_inputs = dict(extra_inputs or {})
+        if IDENTITY in extra_inputs:
+            raise ValueError(
+                f"{IDENTITY!r} is the identity adapter's input: pass `identity_tokens`, not "
+                "`extra_inputs`"
+            )
         if identity_tokens is None:
             if identity_scale is not None or identity_rows is not None:
                 raise ValueError("`identity_scale` and `identity_rows` need identity tokens")
-            return cross_attention_kwargs
+            if not extra_inputs:
+                return cross_attention_kwargs
         kwargs = dict(cross_attention_kwargs or {})
         state = kwargs.get(STATE_KEY)
         if state is None:
@@ -253,16 +264,20 @@ class IdentityAdapterMixin:
                 f"cross_attention_kwargs[{STATE_KEY!r}] must be an AttentionCallState, got "
                 f"{type(state).__name__}"
             )
-        scale = identity_scale
-        if isinstance(identity_scale, dict):
-            scale = self._layer_scales(identity_scale)
-        elif identity_scale is not None:
-            check_scale(identity_scale, "identity scale")
-        rows = None
-        if identity_rows is not None:
-            rows = self._denoiser_rows(identity_rows, len(identity_tokens))
-        inputs = ContributionInput(tokens=identity_tokens, scale=scale, rows=rows)
-        kwargs[STATE_KEY] = state.with_input(IDENTITY, inputs)
+        for name, inputs in extra_inputs.items():
+            state = state.with_input(name, inputs)
+        if identity_tokens is not None:
+            scale = identity_scale
+            if isinstance(identity_scale, dict):
+                scale = self._layer_scales(identity_scale)
+            elif identity_scale is not None:
+                check_scale(identity_scale, "identity scale")
+            rows = None
+            if identity_rows is not None:
+                rows = self._denoiser_rows(identity_rows, len(identity_tokens))
+            inputs = ContributionInput(tokens=identity_tokens, scale=scale, rows=rows)
+            state = state.with_input(IDENTITY, inputs)
+        kwargs[STATE_KEY] = state
         return kwargs
 
     def identity_row_mask(
@@ -336,6 +351,7 @@ class IdentityAdapterMixin:
         }
         self._install(stack)
 
+    @torch.no_grad()
     def encode_identity(
         self,
         identity_embeds: torch.Tensor,
@@ -348,8 +364,9 @@ class IdentityAdapterMixin:
         """Identity tokens for :meth:`attention_call_kwargs` (and InstantID's IdentityNet).
 
         Args:
-            identity_embeds: ``[num_refs, 512]`` (or ``[512]``) unit-norm ArcFace embeddings,
-                one row per reference photo.
+            identity_embeds: ``[num_refs, 512]`` (or ``[512]``) ArcFace embeddings, one row
+                per reference photo, a tensor or a numpy array: unit-norm (insightface's
+                ``face.normed_embedding``) or raw (``face.embedding``).
             num_images: images generated in this call (prompts x images per prompt).
             do_classifier_free_guidance: prepend the negative tokens.
             clip_image_embeds: FaceID-PlusV2 only: CLIP ViT-H penultimate hidden states of the
@@ -367,7 +384,10 @@ class IdentityAdapterMixin:
         the one the adapter was trained with. Negative tokens are the projection of a zero
         embedding, as in IP-Adapter. InstantID was trained on insightface's raw
         ``face.embedding`` (components roughly standard-normal), so its unit-norm input is
-        rescaled to norm ``sqrt(512)`` ~ 22.6, the typical raw norm.
+        rescaled to norm ``sqrt(512)`` ~ 22.6, the typical raw norm; raw embeddings go in as they
+        are (their mean), as InstantID's reference pipeline feeds ``face.embedding``. FaceID's
+        references feed unit-norm embeddings: raw ones are normalised first. The tokens never
+        require grad (the projection runs without autograd).
         """
         projection = getattr(self, "identity_projection", None)
         if projection is None:
@@ -377,10 +397,14 @@ class IdentityAdapterMixin:
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"num_images must be a positive int, got {num_images!r}")
         config, family = projection.config, self.identity_family
-        references = _references(identity_embeds, config.id_embed_dim, family)
-        embeds = _normalised_mean(references)
+        references, raw = _references(identity_embeds, config.id_embed_dim, family)
         architecture = self.identity_architecture
-        embeds = architecture.projection_inputs(embeds)
+        if raw and architecture.trained_on_raw_embeddings:
+            embeds = references.mean(dim=0, keepdim=True)  # fed as the reference feeds them
+        else:
+            if raw:
+                references = torch.nn.functional.normalize(references, dim=-1)
+            embeds = architecture.projection_inputs(_normalised_mean(references))
         embeds = embeds.to(device=projection.device, dtype=projection.dtype)
         batch = torch.cat([torch.zeros_like(embeds), embeds])
 
@@ -429,7 +453,19 @@ class IdentityAdapterMixin:
             super().load_ip_adapter(*args, **kwargs)
 
     def set_ip_adapter_scale(self, scale) -> None:
-        """diffusers' ``set_ip_adapter_scale``, reaching the IP-Adapter processors in the stack."""
+        """diffusers' ``set_ip_adapter_scale``, reaching the IP-Adapter processors we wrap.
+
+        Without diffusers' IP-Adapter but with an identity adapter, it sets the identity scale,
+        as InstantID's reference pipeline does (``set_identity_scale`` is our name for it).
+        """
+        if getattr(self.unet, "encoder_hid_proj", None) is None:
+            if self.identity_family is None:
+                raise IdentityAdapterError(
+                    "set_ip_adapter_scale: no IP-Adapter or identity adapter is loaded; load one "
+                    "with load_ip_adapter(...) or load_identity_adapter(...)"
+                )
+            self.set_identity_scale(scale)
+            return
         with self._attention_stack_detached():
             super().set_ip_adapter_scale(scale)
 
@@ -597,12 +633,16 @@ class IdentityAdapterMixin:
             self._install({name: (current[name][0], stack[name][1]) for name in stack})
 
 
-def _references(embeds: torch.Tensor, dim: int, family: str | None) -> torch.Tensor:
-    """``[num_refs, dim]`` float32 unit-norm reference embeddings, checked."""
+def _references(embeds, dim: int, family: str | None) -> tuple[torch.Tensor, bool]:
+    """``[num_refs, dim]`` float32 reference embeddings, checked, and whether they are raw
+    (insightface's ``face.embedding``) rather than unit-norm."""
+    if isinstance(embeds, np.ndarray) and np.issubdtype(embeds.dtype, np.floating):
+        embeds = torch.from_numpy(np.array(embeds))
     if not isinstance(embeds, torch.Tensor) or not embeds.is_floating_point():
         raise IdentityAdapterError(
-            f"identity embeddings must be a float tensor, got {type(embeds).__name__}"
-            + (f" of {embeds.dtype}" if isinstance(embeds, torch.Tensor) else "")
+            f"identity embeddings must be a float tensor or numpy array, got "
+            f"{type(embeds).__name__}"
+            + (f" of {embeds.dtype}" if isinstance(embeds, (torch.Tensor, np.ndarray)) else "")
         )
     if embeds.ndim == 1:
         embeds = embeds.unsqueeze(0)
@@ -622,15 +662,21 @@ def _references(embeds: torch.Tensor, dim: int, family: str | None) -> torch.Ten
             f"identity embeddings are {embeds.shape[1]}-d, the {family} adapter takes {dim}-d "
             + hint
         )
-    embeds = embeds.float()
+    embeds = embeds.detach().float()
     norms = embeds.norm(dim=1)
-    if not torch.isfinite(embeds).all() or (norms - 1).abs().max() > UNIT_NORM_TOLERANCE:
+    if not torch.isfinite(embeds).all() or (norms == 0).any():
+        raise IdentityAdapterError(
+            "identity embeddings must be finite and non-zero; got norms "
+            f"[{', '.join(f'{n:.3g}' for n in norms[:4].tolist())}]"
+        )
+    unit = (norms - 1).abs() <= UNIT_NORM_TOLERANCE
+    if unit.any() and not unit.all():
         shown = ", ".join(f"{n:.3g}" for n in norms[:4].tolist())
         raise IdentityAdapterError(
-            f"identity embeddings must be finite and L2-normalised (norm 1), got norms [{shown}]"
-            "; pass e / e.norm(dim=-1, keepdim=True) (insightface's face.normed_embedding)"
+            f"identity embeddings mix unit-norm and raw rows (norms [{shown}]); pass all "
+            "face.normed_embedding or all face.embedding"
         )
-    return embeds
+    return embeds, not bool(unit.all())
 
 
 def _normalised_mean(embeds: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,13 @@ attribute repair, multi-person terms next) is a :class:`Contribution` with a ``n
 3. **Core attention**: ``softmax(q k^T + bias) v`` over the text (or the layer's own tokens),
    plus diffusers' own IP-Adapter image terms when ``base_processor`` is an IP-Adapter
    processor, exactly as ``IPAdapterAttnProcessor2_0`` adds them.
-4. **Decoupled cross-attention terms** (:attr:`Stage.CROSS_ATTENTION`, e.g. identity, W+):
+4. **Decoupled cross-attention terms** (:attr:`Stage.CROSS_ATTENTION`, e.g. identity):
    ``+ scale * mask * attn(q, k_c, v_c)`` each, with its scale, optional spatial mask and rows.
    Keys and values that depend only on the call's tokens and the weights
    (``token_keys_values``) are computed once per call and layer and kept in the call state,
    not once per denoising step.
+   **Residual attention terms** (:attr:`Stage.RESIDUAL_ATTENTION`, e.g. W+) follow: terms
+   computed from the text-attention output of step 3 (before any image term), added the same way.
 5. **Output projection**: ``to_out`` (with the projection modifiers' ``to_out`` terms), dropout,
    residual and rescale as diffusers does.
 
@@ -75,6 +77,7 @@ class Stage(IntEnum):
     PROJECTION = 1
     SELF_ATTENTION = 2
     CROSS_ATTENTION = 3
+    RESIDUAL_ATTENTION = 4
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,8 @@ class Contribution(nn.Module):
       ``cross_attention_term(attn, query, inputs)`` returns the unscaled term
       ``[batch, queries, inner_dim]`` each step. ``None`` from either: nothing on this layer.
       The stack multiplies the term by the scale, the spatial mask and the rows.
+    - RESIDUAL_ATTENTION: ``residual_attention_term(attn, text_attention, inputs)``, the same
+      from the layer's text-attention output ``[batch, queries, inner_dim]`` (heads merged).
     """
 
     name: str
@@ -227,6 +232,11 @@ class Contribution(nn.Module):
 
     def cross_attention_term(
         self, attn: Attention, query: torch.Tensor, inputs: ContributionInput | None
+    ) -> torch.Tensor | None:
+        return None
+
+    def residual_attention_term(
+        self, attn: Attention, text_attention: torch.Tensor, inputs: ContributionInput | None
     ) -> torch.Tensor | None:
         return None
 
@@ -395,29 +405,25 @@ class PortraitAttnProcessor(nn.Module):
 
         # 3. Core attention, with diffusers' IP-Adapter image terms
         hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
-        hidden_states = _merge_heads(hidden_states).to(query.dtype)
+        hidden_states = text_attention = _merge_heads(hidden_states).to(query.dtype)
         if image_embeds is not None:
             hidden_states = _add_ip_adapter_terms(
                 self.base_processor, hidden_states, query, image_embeds, ip_adapter_masks, attn
             )
 
-        # 4. Decoupled cross-attention terms
+        # 4. Decoupled cross-attention terms, then residual terms of the text attention
         for item in active:
-            if Stage.CROSS_ATTENTION not in item.contribution.stages:
-                continue
-            keys_values = state.keys_values(item.contribution, attn, item.inputs, query)
-            if keys_values is not None:
-                term = token_attention(query, *keys_values)
-            else:
-                term = item.contribution.cross_attention_term(attn, query, item.inputs)
-            if term is None:
-                continue
-            term = item.scale * term
-            if item.inputs is not None and item.inputs.mask is not None:
-                term = term * _spatial_mask(item.inputs.mask, term)
-            if item.rows is not None:
-                term = term * state.row_mask(item.rows, term)[:, None, None]
-            hidden_states = hidden_states + term
+            if Stage.CROSS_ATTENTION in item.contribution.stages:
+                keys_values = state.keys_values(item.contribution, attn, item.inputs, query)
+                if keys_values is not None:
+                    term = token_attention(query, *keys_values)
+                else:
+                    term = item.contribution.cross_attention_term(attn, query, item.inputs)
+                hidden_states = _add_term(hidden_states, term, item, state)
+        for item in active:
+            if Stage.RESIDUAL_ATTENTION in item.contribution.stages:
+                term = item.contribution.residual_attention_term(attn, text_attention, item.inputs)
+                hidden_states = _add_term(hidden_states, term, item, state)
 
         # 5. Output projection
         hidden_states = _project("to_out", attn.to_out[0], hidden_states, modifiers)
@@ -429,6 +435,23 @@ class PortraitAttnProcessor(nn.Module):
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+def _add_term(
+    hidden_states: torch.Tensor,
+    term: torch.Tensor | None,
+    item: _Active,
+    state: AttentionCallState,
+) -> torch.Tensor:
+    """``hidden_states`` plus ``term`` times the item's scale, spatial mask and rows."""
+    if term is None:
+        return hidden_states
+    term = item.scale * term
+    if item.inputs is not None and item.inputs.mask is not None:
+        term = term * _spatial_mask(item.inputs.mask, term)
+    if item.rows is not None:
+        term = term * state.row_mask(item.rows, term)[:, None, None]
+    return hidden_states + term
 
 
 def _project(

@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-import PIL.Image
 import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
@@ -48,7 +47,8 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from adapters import IdentityAdapterMixin
+from adapters import IdentityAdapterMixin, WPlusAdapterMixin
+from pipelines.conditioning import ConditionImageInput, PortraitConditioningMixin, is_identitynet
 
 logger = logging.get_logger(__name__)
 
@@ -88,240 +88,10 @@ EXAMPLE_DOC_STRING = """
         ```
 """
 
-ConditionImage = PIL.Image.Image | np.ndarray | torch.Tensor
-ConditionImageInput = ConditionImage | list[ConditionImage]
 
-
-def _condition_batch(image: ConditionImage, name: str, channels: int) -> torch.Tensor:
-    """One item of a condition input as ``[B, channels, H, W]`` float32 in ``[0, 1]``."""
-    if isinstance(image, PIL.Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.ndim not in (3, 4) or image.shape[-1] != channels:
-            raise ValueError(
-                f"`{name}` arrays must be channels-last [H, W, {channels}] or "
-                f"[B, H, W, {channels}]; found shape {image.shape}"
-            )
-        tensor = torch.from_numpy(np.array(image)).movedim(-1, -3)
-    elif isinstance(image, torch.Tensor):
-        if image.ndim not in (3, 4) or image.shape[-3] != channels:
-            raise ValueError(
-                f"`{name}` tensors must be channels-first [{channels}, H, W] or "
-                f"[B, {channels}, H, W]; found shape {tuple(image.shape)}"
-            )
-        tensor = image
-    else:
-        raise TypeError(
-            f"`{name}` must be a PIL image, a numpy array, a torch tensor or a list of them; "
-            f"found {type(image).__name__}"
-        )
-    if tensor.ndim == 3:
-        tensor = tensor.unsqueeze(0)
-    if tensor.dtype == torch.uint8:
-        return tensor.float() / 255
-    if not tensor.is_floating_point():
-        raise TypeError(f"`{name}` must be uint8 (0-255) or float (0-1); found {tensor.dtype}")
-    tensor = tensor.float()
-    low, high = tensor.min().item(), tensor.max().item()
-    if low < 0 or high > 1:
-        raise ValueError(
-            f"`{name}` float values must lie in [0, 1]; found [{low:.3g}, {high:.3g}] "
-            "(uint8 images are scaled for you)"
-        )
-    return tensor
-
-
-def condition_image_tensor(image: ConditionImageInput, *, name: str, channels: int) -> torch.Tensor:
-    """Return a condition image, or a batch of them, as ``[B, channels, H, W]`` float32 in [0, 1].
-
-    Takes PIL images (converted to RGB), channels-last arrays ``[H, W, C]`` / ``[B, H, W, C]``
-    and channels-first tensors ``[C, H, W]`` / ``[B, C, H, W]``, each ``uint8`` (0-255) or float
-    (0-1), or a list of those. Unlike diffusers' ``VaeImageProcessor``, ``uint8`` arrays are
-    scaled to ``[0, 1]`` (the studio's face drawings are ``uint8``) and nothing is resized: a
-    landmark drawing stretched to another aspect ratio would describe another face, so a wrong
-    size, layout or value range raises an error naming ``name``, what was expected and what came.
-    """
-    items = list(image) if isinstance(image, (list, tuple)) else [image]
-    if not items:
-        raise ValueError(f"`{name}` is an empty list; pass at least one image")
-    batch = [_condition_batch(item, name, channels) for item in items]
-    sizes = sorted({tuple(item.shape[-2:]) for item in batch})
-    if len(sizes) > 1:
-        found = ", ".join(f"{h}x{w}" for h, w in sizes)
-        raise ValueError(f"`{name}` images differ in size (H x W): {found}; pass one size")
-    return torch.cat(batch)
-
-
-def check_condition_image(
-    image: torch.Tensor, *, name: str, height: int, width: int, batch_size: int
-) -> None:
-    """Raise if a condition batch from :func:`condition_image_tensor` does not fit the request."""
-    found_height, found_width = image.shape[-2:]
-    if (found_height, found_width) != (height, width):
-        raise ValueError(
-            f"`{name}` is {found_height}x{found_width} (H x W) but the output is "
-            f"{height}x{width}; every condition image must have the output size (`height` and "
-            "`width`, which default to the size of the first condition image)"
-        )
-    if image.shape[0] not in (1, batch_size):
-        raise ValueError(
-            f"`{name}` holds {image.shape[0]} images for {batch_size} prompts; pass one image "
-            "for every prompt or one per prompt"
-        )
-
-
-def control_image_tensors(
-    controlnet: ControlNetModel | MultiControlNetModel | None,
-    control_image: ConditionImageInput | list[ConditionImageInput] | None,
-) -> list[torch.Tensor] | None:
-    """Return one ``[B, C, H, W]`` batch in ``[0, 1]`` per ControlNet, or ``None`` without one.
-
-    With a ``MultiControlNetModel``, ``control_image`` is a list holding one condition input per
-    net; with a single ``ControlNetModel`` it is one condition input (a list there is a batch).
-    Layout, channels and value range are checked here (see :func:`condition_image_tensor`);
-    size and batch by :func:`check_condition_image`.
-    """
-    if control_image is None:
-        return None
-    if controlnet is None:
-        raise ValueError(
-            "`control_image` was given but the pipeline has no `controlnet`; pass one to "
-            "`from_pretrained(..., controlnet=ControlNetModel.from_pretrained(...))`"
-        )
-    if isinstance(controlnet, MultiControlNetModel):
-        nets = controlnet.nets
-        if not isinstance(control_image, (list, tuple)) or len(control_image) != len(nets):
-            found = (
-                f"a list of {len(control_image)}"
-                if isinstance(control_image, (list, tuple))
-                else f"a {type(control_image).__name__}"
-            )
-            raise ValueError(
-                f"`control_image` must be a list with one image per ControlNet ({len(nets)} "
-                f"nets); found {found}"
-            )
-        images = list(control_image)
-    else:
-        nets, images = [controlnet], [control_image]
-    return [
-        condition_image_tensor(
-            image,
-            name="control_image" if len(nets) == 1 else f"control_image[{index}]",
-            channels=net.config.conditioning_channels,
-        )
-        for index, (image, net) in enumerate(zip(images, nets, strict=True))
-    ]
-
-
-def check_controlnet_conditioning_scale(
-    controlnet: ControlNetModel | MultiControlNetModel, scale: float | list[float]
-) -> None:
-    """Raise unless ``scale`` is a float, or for a ``MultiControlNetModel`` one float per net."""
-    if isinstance(controlnet, MultiControlNetModel):
-        if isinstance(scale, (list, tuple)) and len(scale) != len(controlnet.nets):
-            raise ValueError(
-                f"`controlnet_conditioning_scale` has {len(scale)} values for "
-                f"{len(controlnet.nets)} ControlNets; pass one per net or a single float"
-            )
-    elif not isinstance(scale, (int, float)):
-        raise TypeError(
-            "`controlnet_conditioning_scale` must be a float for a single ControlNet; found "
-            f"{type(scale).__name__}"
-        )
-
-
-def prepare_condition_image(
-    image: torch.Tensor,
-    *,
-    batch_size: int,
-    num_images_per_prompt: int,
-    device: torch.device,
-    dtype: torch.dtype,
-    do_classifier_free_guidance: bool,
-) -> torch.Tensor:
-    """Repeat a checked condition batch for every image (and the negative half under CFG).
-
-    Adapted from diffusers' ``StableDiffusionControlNetPipeline.prepare_image``, without its
-    resizing (:func:`condition_image_tensor` already checked the size).
-    """
-    repeat_by = batch_size * num_images_per_prompt if image.shape[0] == 1 else num_images_per_prompt
-    image = image.repeat_interleave(repeat_by, dim=0).to(device=device, dtype=dtype)
-    return torch.cat([image] * 2) if do_classifier_free_guidance else image
-
-
-def check_identity_inputs(
-    pipeline: IdentityAdapterMixin,
-    identity_embeds: torch.Tensor | None,
-    identity_scale: float | dict | None,
-    identity_image: PipelineImageInput | None,
-) -> None:
-    """Raise if the identity inputs do not go together or the pipeline lacks what they need.
-
-    The embeddings themselves (``[num_refs, 512]``, unit-norm) are checked by
-    ``encode_identity``, which knows the loaded adapter.
-    """
-    if identity_embeds is None:
-        for name, value in (("identity_scale", identity_scale), ("identity_image", identity_image)):
-            if value is not None:
-                raise ValueError(
-                    f"`{name}` was given without `identity_embeds`; pass the person's "
-                    "embeddings, or leave both unset for generation without an identity"
-                )
-        return
-    if getattr(pipeline, "identity_projection", None) is None:
-        raise ValueError(
-            "`identity_embeds` needs an identity adapter; load one first with "
-            "`pipe.load_identity_adapter(path)`"
-        )
-    plus = pipeline.identity_family.startswith("faceid-plusv2")
-    if plus and identity_image is None:
-        raise ValueError(
-            f"the {pipeline.identity_family} adapter needs `identity_image`: the aligned face "
-            "crops of the reference photos, one per row of `identity_embeds`"
-        )
-    if not plus and identity_image is not None:
-        raise ValueError(
-            "`identity_image` is read by FaceID-PlusV2 adapters only; the loaded adapter is "
-            f"{pipeline.identity_family}"
-        )
-    if identity_image is not None and getattr(pipeline, "image_encoder", None) is None:
-        raise ValueError(
-            "`identity_image` is encoded by the pipeline's `image_encoder`, which is not loaded; "
-            'pass `image_encoder=CLIPVisionModelWithProjection.from_pretrained("h94/IP-Adapter", '
-            'subfolder="models/image_encoder")` to `from_pretrained`'
-        )
-
-
-def encode_identity_tokens(
-    pipeline: IdentityAdapterMixin,
-    identity_embeds: torch.Tensor,
-    identity_image: PipelineImageInput | None,
-    *,
-    device: torch.device,
-    num_images: int,
-    do_classifier_free_guidance: bool,
-) -> torch.Tensor:
-    """The adapter's identity tokens, with the face crops' CLIP features when given (PlusV2).
-
-    ``identity_image`` goes through diffusers' ``encode_image``: the feature extractor, then the
-    image encoder's penultimate hidden states, and for the negative those of all-zero pixel
-    values, as the FaceID-PlusV2 reference encodes its face crops.
-    """
-    clip_image_embeds = negative_clip_image_embeds = None
-    if identity_image is not None:
-        clip_image_embeds, negative_clip_image_embeds = pipeline.encode_image(
-            identity_image, device, 1, output_hidden_states=True
-        )
-    return pipeline.encode_identity(
-        identity_embeds,
-        num_images=num_images,
-        do_classifier_free_guidance=do_classifier_free_guidance,
-        clip_image_embeds=clip_image_embeds,
-        negative_clip_image_embeds=negative_clip_image_embeds,
-    )
-
-
-class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
+class PortraitPipeline(
+    PortraitConditioningMixin, WPlusAdapterMixin, IdentityAdapterMixin, StableDiffusionPipeline
+):
     r"""
     Pipeline for identity-preserving portraits with Stable Diffusion 1.5.
 
@@ -335,13 +105,16 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
     (textual inversion, LoRA, single file, IP-Adapter) and
     [`~adapters.IdentityAdapterMixin.load_identity_adapter`] /
     [`~adapters.IdentityAdapterMixin.set_identity_scale`] /
-    [`~adapters.IdentityAdapterMixin.unload_identity_adapter`].
+    [`~adapters.IdentityAdapterMixin.unload_identity_adapter`], and the W+ adapter's
+    [`~adapters.WPlusAdapterMixin.load_wplus_adapter`] /
+    [`~adapters.WPlusAdapterMixin.set_wplus_scale`] /
+    [`~adapters.WPlusAdapterMixin.unload_wplus_adapter`] (`wplus=` in a call).
 
     With `enable_model_cpu_offload`, the ControlNet is not part of `model_cpu_offload_seq`: it
     runs at every step beside the UNet, and in the chain each step would move it to and from the
     accelerator. Like diffusers' ControlNet pipelines, it gets its own hook instead (loaded on
-    first use, offloaded at the end of the call); `identity_attn` holds weights that run inside
-    the UNet's attention processors, so they move with the UNet.
+    first use, offloaded at the end of the call); `identity_attn` and `wplus_attn` hold weights
+    that run inside the UNet's attention processors, so they move with the UNet.
 
     Args:
         vae ([`AutoencoderKL`]):
@@ -372,11 +145,20 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
         identity_attn ([`ModelMixin`], *optional*):
             The identity adapter's attention weights, used by the processors it installs on the
             UNet; set by [`~adapters.IdentityAdapterMixin.load_identity_adapter`].
+        wplus_projection ([`ModelMixin`], *optional*):
+            The W+ adapter's projection from a W+ latent to W+ tokens; set by
+            [`~adapters.WPlusAdapterMixin.load_wplus_adapter`].
+        wplus_attn ([`ModelMixin`], *optional*):
+            The W+ adapter's attention weights (and its scale and start fraction), used by the
+            W+ term on the UNet's cross-attention layers; set by
+            [`~adapters.WPlusAdapterMixin.load_wplus_adapter`].
         requires_safety_checker (`bool`, *optional*, defaults to `True`):
             Whether to warn when the pipeline runs without a safety checker.
     """
 
-    model_cpu_offload_seq = "text_encoder->image_encoder->identity_projection->unet->vae"
+    model_cpu_offload_seq = (
+        "text_encoder->image_encoder->identity_projection->wplus_projection->unet->vae"
+    )
     _optional_components: ClassVar[list[str]] = [
         "safety_checker",
         "feature_extractor",
@@ -384,6 +166,8 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
         "controlnet",
         "identity_projection",
         "identity_attn",
+        "wplus_projection",
+        "wplus_attn",
     ]
     _exclude_from_cpu_offload: ClassVar[list[str]] = ["safety_checker"]
     _callback_tensor_inputs: ClassVar[list[str]] = [
@@ -392,6 +176,10 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
         "negative_prompt_embeds",
         "control_image",
     ]
+    reference_arguments: ClassVar[dict[str, str]] = {
+        **PortraitConditioningMixin.reference_arguments,
+        "image": "diffusers' ControlNet pipelines' name for the condition; pass `control_image=`",
+    }
 
     def __init__(
         self,
@@ -406,6 +194,8 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
         controlnet: ControlNetModel | list[ControlNetModel] | MultiControlNetModel | None = None,
         identity_projection: ModelMixin | None = None,
         identity_attn: ModelMixin | None = None,
+        wplus_projection: ModelMixin | None = None,
+        wplus_attn: ModelMixin | None = None,
         requires_safety_checker: bool = True,
     ):
         super().__init__(
@@ -421,10 +211,27 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
         )
         if isinstance(controlnet, (list, tuple)):
             controlnet = MultiControlNetModel(controlnet)
+        for net in getattr(controlnet, "nets", [controlnet]):
+            if is_identitynet(net):
+                raise ValueError(
+                    "InstantID's IdentityNet is an SDXL net that reads the identity tokens; pass "
+                    "it to `PortraitXLPipeline.from_pretrained(..., identitynet=...)`"
+                )
+            if (
+                net is not None
+                and net.config.cross_attention_dim != unet.config.cross_attention_dim
+            ):
+                raise ValueError(
+                    f"this `controlnet` reads {net.config.cross_attention_dim}-d tokens but the "
+                    f"UNet's are {unet.config.cross_attention_dim}-d; pass a ControlNet made for "
+                    "this base model"
+                )
         self.register_modules(
             controlnet=controlnet,
             identity_projection=identity_projection,
             identity_attn=identity_attn,
+            wplus_projection=wplus_projection,
+            wplus_attn=wplus_attn,
         )
 
     def check_inputs(
@@ -439,45 +246,59 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
         ip_adapter_image: PipelineImageInput | None = None,
         ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] | None = None,
+        *,
         identity_embeds: torch.Tensor | None = None,
         identity_scale: float | dict | None = None,
         identity_image: PipelineImageInput | None = None,
-        control_images: list[torch.Tensor] | None = None,
-        controlnet_conditioning_scale: float | list[float] = 1.0,
         identity_rows: Sequence[bool] | None = None,
+        wplus: torch.Tensor | np.ndarray | None = None,
+        wplus_scale: float | None = None,
         num_images_per_prompt: int = 1,
+        control_images: list[torch.Tensor] | None = None,
+        controlnet_conditioning_scale: float | list[float] | None = None,
+        guess_mode: bool = False,
+        control_guidance_start: float | list[float] | None = None,
+        control_guidance_end: float | list[float] | None = None,
     ) -> None:
-        """[`~diffusers.StableDiffusionPipeline.check_inputs`] plus the identity and control inputs.
+        """[`~diffusers.StableDiffusionPipeline.check_inputs`] plus the identity, W+ and control
+        inputs.
 
-        `control_images` are the batches from [`~pipelines.portrait.control_image_tensors`].
+        `control_images` are the batches from
+        [`~pipelines.conditioning.PortraitConditioningMixin.control_image_tensors`].
         """
         super().check_inputs(
             prompt,
             height,
             width,
             callback_steps,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            ip_adapter_image,
-            ip_adapter_image_embeds,
-            callback_on_step_end_tensor_inputs,
+            negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
-        check_identity_inputs(self, identity_embeds, identity_scale, identity_image)
-        batch_size = len(prompt) if isinstance(prompt, list) else 1
-        if prompt is None:
-            batch_size = prompt_embeds.shape[0]
-        if identity_rows is not None and identity_embeds is None:
-            raise ValueError("`identity_rows` was given without `identity_embeds`")
-        self.check_identity_rows(identity_rows, num_images=batch_size * num_images_per_prompt)
-        if control_images is None:
-            return
-        for index, image in enumerate(control_images):
-            name = "control_image" if len(control_images) == 1 else f"control_image[{index}]"
-            check_condition_image(
-                image, name=name, height=height, width=width, batch_size=batch_size
-            )
-        check_controlnet_conditioning_scale(self.controlnet, controlnet_conditioning_scale)
+        self.check_conditioning_inputs(
+            batch_size=self.prompt_batch_size(prompt, prompt_embeds),
+            identity_embeds=identity_embeds,
+            identity_scale=identity_scale,
+            identity_image=identity_image,
+            control_images=control_images,
+            controlnet_conditioning_scale=controlnet_conditioning_scale,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
+            identity_rows=identity_rows,
+            num_images_per_prompt=num_images_per_prompt,
+        )
+        self.check_wplus_inputs(
+            wplus, wplus_scale, batch_size=self.prompt_batch_size(prompt, prompt_embeds)
+        )
+        self.check_condition_options(
+            has_nets=control_images is not None,
+            guess_mode=guess_mode,
+            control_guidance_start=control_guidance_start,
+            control_guidance_end=control_guidance_end,
+        )
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -501,8 +322,13 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
         identity_scale: float | dict | None = None,
         identity_image: PipelineImageInput | None = None,
         identity_rows: Sequence[bool] | None = None,
+        wplus: torch.Tensor | np.ndarray | None = None,
+        wplus_scale: float | None = None,
         control_image: ConditionImageInput | list[ConditionImageInput] | None = None,
-        controlnet_conditioning_scale: float | list[float] = 1.0,
+        controlnet_conditioning_scale: float | list[float] | None = None,
+        guess_mode: bool = False,
+        control_guidance_start: float | list[float] | None = None,
+        control_guidance_end: float | list[float] | None = None,
         ip_adapter_image: PipelineImageInput | None = None,
         ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
@@ -515,6 +341,7 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
         | MultiPipelineCallbacks
         | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        **kwargs: Any,
     ) -> StableDiffusionPipelineOutput | tuple:
         r"""
         The call function to the pipeline for generation.
@@ -552,9 +379,10 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
             negative_prompt_embeds (`torch.Tensor`, *optional*):
                 Pre-generated negative text embeddings.
             identity_embeds (`torch.Tensor`, *optional*):
-                `[num_refs, 512]` unit-norm face embeddings of one person (one row per reference
-                photo), turned into identity tokens by the loaded identity adapter. `None`
-                generates without an identity.
+                `[num_refs, 512]` ArcFace embeddings of one person (one row per reference
+                photo; torch or numpy, unit-norm or insightface's raw `face.embedding`), turned
+                into identity tokens by the loaded identity adapter. `None` generates without an
+                identity.
             identity_scale (`float` or `dict`, *optional*):
                 The identity adapter's scale for this call only, as
                 [`~adapters.IdentityAdapterMixin.set_identity_scale`] takes it; `None` keeps the
@@ -566,15 +394,33 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
                 One bool per generated image (prompts x `num_images_per_prompt`): which images
                 get the identity (tokens, scale and FaceID LoRA), in one batch; each image equals
                 a run of it alone, with or without `identity_embeds`. `None`: every image.
+            wplus (`torch.Tensor` or `np.ndarray`, *optional*):
+                The person's W+ latent (e4e's inversion of the aligned face), `[18, 512]` for
+                every prompt or `[batch, 18, 512]` with one per prompt, fed to the loaded W+
+                adapter ([`~adapters.WPlusAdapterMixin.load_wplus_adapter`]) beside any
+                `identity_embeds`; its term is off before the adapter's start fraction of the
+                steps. `None` generates without W+.
+            wplus_scale (`float`, *optional*):
+                The W+ adapter's scale for this call only; `None` keeps the adapter's. `0`
+                gives exactly the images of the pipeline without the W+ adapter.
             control_image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list, *optional*):
                 The ControlNet condition, e.g. a face-mesh drawing: a PIL image, an RGB
                 `[H, W, 3]` / `[B, H, W, 3]` array (uint8, or float in [0, 1]), a `[3, H, W]` /
                 `[B, 3, H, W]` tensor in [0, 1], or a list of them (a batch). One image serves
                 every prompt; a batch holds one per prompt. With a [`MultiControlNetModel`], a
-                list with one such input per net. It is not resized: it must have the output size.
+                list with one such input per net. Another size is resized to the output size as
+                diffusers does (Lanczos for PIL images, nearest for arrays and tensors).
             controlnet_conditioning_scale (`float` or `list[float]`, *optional*, defaults to 1.0):
                 Factor on the ControlNet residuals; one per net for a [`MultiControlNetModel`].
-                `0` gives exactly the images without the ControlNet.
+                `0` gives exactly the images without the ControlNet. Needs `control_image`.
+            guess_mode (`bool`, *optional*, defaults to `False`):
+                As in diffusers' ControlNet pipelines: under classifier-free guidance the
+                condition nets see only the conditional half and add nothing to the other.
+            control_guidance_start (`float` or `list[float]`, *optional*, defaults to 0.0):
+                Fraction of the steps at which each condition net starts; a list has one value
+                per net.
+            control_guidance_end (`float` or `list[float]`, *optional*, defaults to 1.0):
+                Fraction of the steps at which each condition net stops; like the start.
             ip_adapter_image (`PipelineImageInput`, *optional*):
                 Optional image input to work with IP-Adapters.
             ip_adapter_image_embeds (`list[torch.Tensor]`, *optional*):
@@ -585,7 +431,8 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
                 Whether to return a [`StableDiffusionPipelineOutput`] instead of a tuple.
             cross_attention_kwargs (`dict`, *optional*):
                 Passed to the UNet's attention processors (e.g. `{"scale": 0.5}` for LoRA); the
-                identity inputs are added under `"portrait"` (an `adapters.AttentionCallState`).
+                identity and W+ inputs are added under `"portrait"` (an
+                `adapters.AttentionCallState`).
             guidance_rescale (`float`, *optional*, defaults to 0.0):
                 Guidance rescale factor from [Common Diffusion Noise Schedules and Sample Steps
                 are Flawed](https://huggingface.co/papers/2305.08891).
@@ -597,6 +444,9 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
                 returns (by name) replace the pipeline's.
             callback_on_step_end_tensor_inputs (`Sequence[str]`, defaults to `("latents",)`):
                 The tensors passed in `callback_kwargs`; any of `self._callback_tensor_inputs`.
+            kwargs:
+                Names of other pipelines (e.g. `image`, the deprecated `callback`) raise a
+                `TypeError` naming this pipeline's argument; see docs/coming-from-instantid.md.
 
         Examples:
 
@@ -609,17 +459,11 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
-        # 0. Condition images; they fix the output size when height and width are not given
-        control_images = control_image_tensors(self.controlnet, control_image)
-        if control_images is not None:
-            height = height or control_images[0].shape[-2]
-            width = width or control_images[0].shape[-1]
-        elif not height or not width:
-            sample_size = self.unet.config.sample_size
-            if not self._is_unet_config_sample_size_int:
-                sample_size = sample_size[0]
-            height = height or sample_size * self.vae_scale_factor
-            width = width or sample_size * self.vae_scale_factor
+        self.check_reference_arguments(kwargs)
+
+        # 0. Output size (by default the condition's) and the condition images at that size
+        height, width = self.default_height_width(height, width, [control_image])
+        control_images = self.control_image_tensors(control_image, height=height, width=width)
 
         # 1. Check inputs. Raise error if not correct
         self.check_inputs(
@@ -627,19 +471,24 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
             height,
             width,
             None,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            ip_adapter_image,
-            ip_adapter_image_embeds,
-            callback_on_step_end_tensor_inputs,
-            identity_embeds,
-            identity_scale,
-            identity_image,
-            control_images,
-            controlnet_conditioning_scale,
+            negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            identity_embeds=identity_embeds,
+            identity_scale=identity_scale,
+            identity_image=identity_image,
             identity_rows=identity_rows,
+            wplus=wplus,
+            wplus_scale=wplus_scale,
             num_images_per_prompt=num_images_per_prompt,
+            control_images=control_images,
+            controlnet_conditioning_scale=controlnet_conditioning_scale,
+            guess_mode=guess_mode,
+            control_guidance_start=control_guidance_start,
+            control_guidance_end=control_guidance_end,
         )
 
         self._guidance_scale = guidance_scale
@@ -690,44 +539,38 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
                 self.do_classifier_free_guidance,
             )
 
-        # 4. Encode the identity: its tokens reach the adapter's processors on the UNet
+        # 4. Encode the identity and the W+: their tokens reach the adapters' terms on the UNet
+        identity_tokens = None
         if identity_embeds is not None:
-            identity_tokens = encode_identity_tokens(
-                self,
+            identity_tokens = self.encode_identity_tokens(
                 identity_embeds,
                 identity_image,
                 device=device,
                 num_images=batch_size * num_images_per_prompt,
                 do_classifier_free_guidance=self.do_classifier_free_guidance,
             )
-            self._cross_attention_kwargs = self.attention_call_kwargs(
-                cross_attention_kwargs,
-                identity_tokens=identity_tokens,
-                identity_scale=identity_scale,
-                identity_rows=identity_rows,
+        wplus_tokens = None
+        if wplus is not None:
+            wplus_tokens = self.encode_wplus(
+                wplus,
+                batch_size=batch_size,
+                num_images_per_prompt=num_images_per_prompt,
+                do_classifier_free_guidance=self.do_classifier_free_guidance,
             )
 
-        # 5. Prepare the control images
+        # 5. Prepare the control images, one condition net per ControlNet
+        condition_nets = []
         if control_images is not None:
-            control_images = [
-                prepare_condition_image(
-                    image,
-                    batch_size=batch_size,
-                    num_images_per_prompt=num_images_per_prompt,
-                    device=device,
-                    dtype=self.controlnet.dtype,
-                    do_classifier_free_guidance=self.do_classifier_free_guidance,
-                )
-                for image in control_images
-            ]
-            if isinstance(self.controlnet, MultiControlNetModel):
-                control_image = control_images
-                if not isinstance(controlnet_conditioning_scale, (list, tuple)):
-                    controlnet_conditioning_scale = [controlnet_conditioning_scale] * len(
-                        control_images
-                    )
-            else:
-                control_image = control_images[0]
+            condition_nets = self.condition_nets(
+                [(self.controlnet, control_images, controlnet_conditioning_scale)],
+                control_guidance_start=control_guidance_start,
+                control_guidance_end=control_guidance_end,
+                batch_size=batch_size,
+                num_images_per_prompt=num_images_per_prompt,
+                device=device,
+                do_classifier_free_guidance=self.do_classifier_free_guidance,
+            )
+        control_image = self.condition_images(condition_nets, identity=False)
 
         # 6. Prepare timesteps
         timesteps, num_inference_steps = retrieve_timesteps(
@@ -763,13 +606,18 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
                 guidance_scale_tensor, embedding_dim=self.unet.config.time_cond_proj_dim
             ).to(device=device, dtype=latents.dtype)
 
-        # 9. Denoising loop
-        # Copied from diffusers.pipelines.controlnet.pipeline_controlnet.StableDiffusionControlNetPipeline.__call__  # noqa: E501
-        # with changes: the ControlNet is optional (it runs only with a `control_image`),
-        # guidance rescale as in StableDiffusionPipeline, no guess mode or control guidance
-        # window, no deprecated `callback`.
+        # 9. Denoising loop, with the identity and W+ on the UNet's attention for this call
         num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
         self._num_timesteps = len(timesteps)
+        attention_kwargs = self.attention_call_kwargs(
+            cross_attention_kwargs,
+            identity_tokens=identity_tokens,
+            identity_scale=identity_scale,
+            identity_rows=identity_rows,
+            extra_inputs=self.wplus_call_inputs(wplus_tokens, wplus_scale),
+        )
+        self._cross_attention_kwargs = attention_kwargs
+        # Copied from diffusers.pipelines.controlnet.pipeline_controlnet.StableDiffusionControlNetPipeline.__call__  # noqa: E501
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
@@ -781,17 +629,24 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
                 )
                 latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
 
-                # controlnet(s) inference
-                down_block_res_samples, mid_block_res_sample = None, None
-                if control_images is not None:
-                    down_block_res_samples, mid_block_res_sample = self.controlnet(
-                        latent_model_input,
-                        t,
-                        encoder_hidden_states=prompt_embeds,
-                        controlnet_cond=control_image,
-                        conditioning_scale=controlnet_conditioning_scale,
-                        return_dict=False,
-                    )
+                # Portrait: this step's attention inputs (W+ is off before its start fraction)
+                self._cross_attention_kwargs = self.wplus_step_kwargs(
+                    attention_kwargs, step=i, num_steps=len(timesteps)
+                )
+
+                # Portrait: the condition nets, optional and in one place
+                down_block_res_samples, mid_block_res_sample = self.condition_residuals(
+                    condition_nets,
+                    latent_model_input,
+                    latents,
+                    t,
+                    step=i,
+                    num_steps=len(timesteps),
+                    prompt_embeds=prompt_embeds,
+                    identity_tokens=identity_tokens,
+                    added_cond_kwargs=None,
+                    guess_mode=guess_mode,
+                )
 
                 # predict the noise residual
                 noise_pred = self.unet(
@@ -813,6 +668,7 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
                         noise_pred_text - noise_pred_uncond
                     )
 
+                # Portrait: guidance rescale, as in StableDiffusionPipeline
                 if self.do_classifier_free_guidance and self.guidance_rescale > 0.0:
                     # Based on 3.4. in https://huggingface.co/papers/2305.08891
                     noise_pred = rescale_noise_cfg(
@@ -835,12 +691,18 @@ class PortraitPipeline(IdentityAdapterMixin, StableDiffusionPipeline):
                     negative_prompt_embeds = callback_outputs.pop(
                         "negative_prompt_embeds", negative_prompt_embeds
                     )
+                    # Portrait: the ControlNet's condition is `control_image`, not `image`
                     control_image = callback_outputs.pop("control_image", control_image)
+                    # Portrait: the nets read the condition the callback returned
+                    condition_nets = self.with_condition_images(
+                        condition_nets, control_image=control_image
+                    )
 
                 if i == len(timesteps) - 1 or (
                     (i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0
                 ):
                     progress_bar.update()
+        # End of copy
 
         # 10. Decode and run the safety checker
         if output_type != "latent":

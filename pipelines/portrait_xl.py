@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -46,15 +47,13 @@ from transformers import (
 )
 
 from adapters import IdentityAdapterMixin
-from pipelines.portrait import (
+from adapters.formats import InstantID
+from pipelines.conditioning import (
     ConditionImageInput,
-    check_condition_image,
-    check_controlnet_conditioning_scale,
-    check_identity_inputs,
+    PortraitConditioningMixin,
+    check_condition_batch,
     condition_image_tensor,
-    control_image_tensors,
-    encode_identity_tokens,
-    prepare_condition_image,
+    is_identitynet,
 )
 
 logger = logging.get_logger(__name__)
@@ -93,7 +92,41 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
+def split_identitynet(
+    identitynet: ControlNetModel | None,
+    controlnet: ControlNetModel | list[ControlNetModel] | MultiControlNetModel | None,
+) -> tuple[ControlNetModel | None, ControlNetModel | MultiControlNetModel | None]:
+    """Take InstantID's IdentityNet out of ``controlnet``, where the reference pipeline has it.
+
+    Without an ``identitynet``, a net of ``controlnet`` recognised as the IdentityNet (see
+    [`~pipelines.conditioning.is_identitynet`]) becomes the ``identitynet``, so that it reads the
+    identity tokens; the other nets stay ControlNets on the prompt.
+    """
+    if isinstance(controlnet, MultiControlNetModel):
+        nets = list(controlnet.nets)
+    elif isinstance(controlnet, (list, tuple)):
+        nets = list(controlnet)
+    else:
+        nets = [] if controlnet is None else [controlnet]
+    found = [net for net in nets if is_identitynet(net)] if identitynet is None else []
+    if len(found) > 1:
+        raise ValueError(
+            f"`controlnet` holds {len(found)} IdentityNets; pass one as `identitynet=`"
+        )
+    if found:
+        logger.info("the IdentityNet given as `controlnet` is used as the `identitynet`")
+        identitynet = found[0]
+        nets = [net for net in nets if net is not identitynet]
+    if not found and not isinstance(controlnet, (list, tuple)):
+        return identitynet, controlnet
+    if not nets:
+        return identitynet, None
+    return identitynet, nets[0] if len(nets) == 1 else MultiControlNetModel(nets)
+
+
+class PortraitXLPipeline(
+    PortraitConditioningMixin, IdentityAdapterMixin, StableDiffusionXLPipeline
+):
     r"""
     Pipeline for identity-preserving portraits with Stable Diffusion XL, InstantID style.
 
@@ -146,6 +179,8 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
             Prepares images for the `image_encoder`.
         identitynet ([`ControlNetModel`], *optional*):
             InstantID's IdentityNet, conditioned on `keypoint_image` and on the identity tokens.
+            Given as `controlnet=` (as InstantID's reference pipeline takes it), a net loaded
+            from a hub id or folder naming InstantID or IdentityNet is taken as the IdentityNet.
         controlnet ([`ControlNetModel`] or [`MultiControlNetModel`], *optional*):
             ControlNet(s) conditioned on `control_image` and the prompt. A list or tuple becomes
             a [`MultiControlNetModel`], whose residuals are summed.
@@ -185,6 +220,21 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
         "keypoint_image",
         "control_image",
     ]
+    reference_arguments: ClassVar[dict[str, str]] = {
+        **PortraitConditioningMixin.reference_arguments,
+        "image": "InstantID's name for the IdentityNet's keypoint drawing; pass "
+        "`keypoint_image=` (and `control_image=` for another ControlNet)",
+        "image_embeds": "InstantID's name for the face embedding; pass `identity_embeds=` "
+        "(insightface's `face.embedding` or `face.normed_embedding`, numpy or torch)",
+        "ip_adapter_scale": "pass `identity_scale=` for this call, or keep a scale with "
+        "`pipe.set_identity_scale(...)`",
+        "wplus": "the W+ adapter is trained for Stable Diffusion 1.5; generate with "
+        "`PortraitPipeline` and `pipe.load_wplus_adapter(...)`",
+        "visual_prompt": "PortraitXLPipeline starts from noise and has no image-to-image start; "
+        "generate without it",
+        "visual_prompt_strength": "PortraitXLPipeline starts from noise and has no "
+        "image-to-image start; generate without it",
+    }
 
     def __init__(
         self,
@@ -217,8 +267,7 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
             force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
             add_watermarker=add_watermarker,
         )
-        if isinstance(controlnet, (list, tuple)):
-            controlnet = MultiControlNetModel(controlnet)
+        identitynet, controlnet = split_identitynet(identitynet, controlnet)
         self.register_modules(
             identitynet=identitynet,
             controlnet=controlnet,
@@ -226,13 +275,56 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
             identity_attn=identity_attn,
         )
 
-    def keypoint_image_tensor(
-        self, keypoint_image: ConditionImageInput | None
-    ) -> torch.Tensor | None:
-        """Return the IdentityNet's ``[B, C, H, W]`` condition in ``[0, 1]``, or `None` without one.
+    # -- the reference InstantID pipeline's methods ------------------------------------------
 
-        Layout, channels and value range are checked here (see
-        [`~pipelines.portrait.condition_image_tensor`]); size and batch in `check_inputs`.
+    def load_ip_adapter_instantid(
+        self,
+        model_ckpt: str | os.PathLike,
+        image_emb_dim: int = 512,
+        num_tokens: int = 16,
+        scale: float = 0.5,
+    ) -> None:
+        """The reference pipeline's loader: [`~adapters.IdentityAdapterMixin.load_identity_adapter`]
+        with the reference's default scale 0.5 (ours defaults to 1.0)."""
+        self.load_identity_adapter(model_ckpt, scale=scale)
+        config = self.identity_projection.config
+        found = (self.identity_family, config.id_embed_dim, config.num_tokens)
+        if found != ("instantid", image_emb_dim, num_tokens):
+            self.unload_identity_adapter()
+            raise ValueError(
+                f"{model_ckpt} is a {found[0]} adapter for {found[1]}-d embeddings and "
+                f"{found[2]} tokens, not InstantID's for {image_emb_dim}-d and {num_tokens}; "
+                "load other adapters with `load_identity_adapter(path)`"
+            )
+
+    def set_image_proj_model(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: the reference's half of loading; ours loads the whole adapter at once."""
+        raise TypeError(
+            "set_image_proj_model is half of the reference's loader; load the whole adapter "
+            "with `pipe.load_identity_adapter(path)` (or `load_ip_adapter_instantid(path)`)"
+        )
+
+    def set_ip_adapter(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: the reference's half of loading; ours loads the whole adapter at once."""
+        raise TypeError(
+            "set_ip_adapter is half of the reference's loader; load the whole adapter with "
+            "`pipe.load_identity_adapter(path)` (or `load_ip_adapter_instantid(path)`)"
+        )
+
+    def cuda(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: the reference's ``cuda(dtype, use_xformers)``; diffusers' calls do it."""
+        raise TypeError(
+            'PortraitXLPipeline has no cuda(); use `pipe.to("cuda", torch.float16)` (the '
+            "identity adapter moves with the UNet); xformers would replace the identity "
+            "attention processors, PyTorch's scaled-dot-product attention is used instead"
+        )
+
+    def keypoint_image_tensor(
+        self, keypoint_image: ConditionImageInput | None, *, height: int, width: int
+    ) -> torch.Tensor | None:
+        """Return the IdentityNet's ``[B, C, height, width]`` condition in ``[0, 1]``, or `None`.
+
+        See [`~pipelines.conditioning.condition_image_tensor`] for the formats and the resizing.
         """
         if keypoint_image is None:
             return None
@@ -246,6 +338,7 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
             keypoint_image,
             name="keypoint_image",
             channels=self.identitynet.config.conditioning_channels,
+            size=(height, width),
         )
 
     def check_inputs(
@@ -264,21 +357,25 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
         ip_adapter_image: PipelineImageInput | None = None,
         ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] | None = None,
+        *,
         identity_embeds: torch.Tensor | None = None,
         identity_scale: float | dict | None = None,
         identity_image: PipelineImageInput | None = None,
-        keypoint_images: torch.Tensor | None = None,
-        control_images: list[torch.Tensor] | None = None,
-        identitynet_conditioning_scale: float = 1.0,
-        controlnet_conditioning_scale: float | list[float] = 1.0,
         identity_rows: Sequence[bool] | None = None,
         num_images_per_prompt: int = 1,
+        keypoint_images: torch.Tensor | None = None,
+        control_images: list[torch.Tensor] | None = None,
+        identitynet_conditioning_scale: float | None = None,
+        controlnet_conditioning_scale: float | list[float] | None = None,
+        guess_mode: bool = False,
+        control_guidance_start: float | list[float] | None = None,
+        control_guidance_end: float | list[float] | None = None,
     ) -> None:
         """[`~diffusers.StableDiffusionXLPipeline.check_inputs`] plus identity and conditions.
 
         `keypoint_images` and `control_images` are the batches from
         [`~PortraitXLPipeline.keypoint_image_tensor`] and
-        [`~pipelines.portrait.control_image_tensors`].
+        [`~pipelines.conditioning.PortraitConditioningMixin.control_image_tensors`].
         """
         super().check_inputs(
             prompt,
@@ -286,58 +383,72 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
             height,
             width,
             callback_steps,
-            negative_prompt,
-            negative_prompt_2,
-            prompt_embeds,
-            negative_prompt_embeds,
-            pooled_prompt_embeds,
-            negative_pooled_prompt_embeds,
-            ip_adapter_image,
-            ip_adapter_image_embeds,
-            callback_on_step_end_tensor_inputs,
+            negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
-        check_identity_inputs(self, identity_embeds, identity_scale, identity_image)
-        batch_size = len(prompt) if isinstance(prompt, list) else 1
-        if prompt is None:
-            batch_size = prompt_embeds.shape[0]
-        if identity_rows is not None and identity_embeds is None:
-            raise ValueError("`identity_rows` was given without `identity_embeds`")
-        self.check_identity_rows(identity_rows, num_images=batch_size * num_images_per_prompt)
-
-        if keypoint_images is not None:
-            if identity_embeds is None:
-                raise ValueError(
-                    "`keypoint_image` conditions the IdentityNet on the identity tokens; pass "
-                    "`identity_embeds` too"
-                )
-            identitynet_width = self.identitynet.config.cross_attention_dim
-            if identitynet_width != self.unet.config.cross_attention_dim:
-                raise ValueError(
-                    f"the identitynet's cross-attention takes {identitynet_width}-d tokens but "
-                    f"the identity tokens are {self.unet.config.cross_attention_dim}-d (the UNet's "
-                    "width); load the IdentityNet made for this base model"
-                )
-            check_condition_image(
-                keypoint_images,
-                name="keypoint_image",
-                height=height,
-                width=width,
-                batch_size=batch_size,
+        batch_size = self.prompt_batch_size(prompt, prompt_embeds)
+        self.check_conditioning_inputs(
+            batch_size=batch_size,
+            identity_embeds=identity_embeds,
+            identity_scale=identity_scale,
+            identity_image=identity_image,
+            control_images=control_images,
+            controlnet_conditioning_scale=controlnet_conditioning_scale,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
+            identity_rows=identity_rows,
+            num_images_per_prompt=num_images_per_prompt,
+        )
+        self.check_condition_options(
+            has_nets=keypoint_images is not None or control_images is not None,
+            guess_mode=guess_mode,
+            control_guidance_start=control_guidance_start,
+            control_guidance_end=control_guidance_end,
+        )
+        architecture = self.identity_architecture
+        if (
+            isinstance(architecture, InstantID)
+            and identity_embeds is not None
+            and getattr(self, "identitynet", None) is None
+            and control_images is not None
+        ):
+            logger.warning(
+                "the InstantID adapter runs without an IdentityNet while `controlnet` reads the "
+                "prompt; if that ControlNet is InstantID's IdentityNet (its folder name does not "
+                "say so), pass it as `identitynet=` and its image as `keypoint_image=`"
             )
-            if not isinstance(identitynet_conditioning_scale, (int, float)):
-                raise TypeError(
-                    "`identitynet_conditioning_scale` must be a float; found "
-                    f"{type(identitynet_conditioning_scale).__name__}"
+        if keypoint_images is None:
+            if identitynet_conditioning_scale is not None:
+                raise ValueError(
+                    "`identitynet_conditioning_scale` scales the IdentityNet on `keypoint_image`, "
+                    "which this call does not have; pass `keypoint_image=` too"
                 )
-
-        if control_images is None:
             return
-        for index, image in enumerate(control_images):
-            name = "control_image" if len(control_images) == 1 else f"control_image[{index}]"
-            check_condition_image(
-                image, name=name, height=height, width=width, batch_size=batch_size
+        if identity_embeds is None:
+            raise ValueError(
+                "`keypoint_image` conditions the IdentityNet on the identity tokens; pass "
+                "`identity_embeds` too"
             )
-        check_controlnet_conditioning_scale(self.controlnet, controlnet_conditioning_scale)
+        identitynet_width = self.identitynet.config.cross_attention_dim
+        if identitynet_width != self.unet.config.cross_attention_dim:
+            raise ValueError(
+                f"the identitynet's cross-attention takes {identitynet_width}-d tokens but "
+                f"the identity tokens are {self.unet.config.cross_attention_dim}-d (the UNet's "
+                "width); load the IdentityNet made for this base model"
+            )
+        check_condition_batch(keypoint_images, name="keypoint_image", batch_size=batch_size)
+        scale = identitynet_conditioning_scale
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+            raise TypeError(
+                f"`identitynet_conditioning_scale` must be a float; found {type(scale).__name__}"
+            )
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -367,9 +478,12 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
         identity_image: PipelineImageInput | None = None,
         identity_rows: Sequence[bool] | None = None,
         keypoint_image: ConditionImageInput | None = None,
-        identitynet_conditioning_scale: float = 1.0,
+        identitynet_conditioning_scale: float | None = None,
         control_image: ConditionImageInput | list[ConditionImageInput] | None = None,
-        controlnet_conditioning_scale: float | list[float] = 1.0,
+        controlnet_conditioning_scale: float | list[float] | None = None,
+        guess_mode: bool = False,
+        control_guidance_start: float | list[float] | None = None,
+        control_guidance_end: float | list[float] | None = None,
         ip_adapter_image: PipelineImageInput | None = None,
         ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
@@ -388,6 +502,7 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
         | MultiPipelineCallbacks
         | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        **kwargs: Any,
     ) -> StableDiffusionXLPipelineOutput | tuple:
         r"""
         Function invoked when calling the pipeline for generation.
@@ -436,10 +551,11 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
             negative_pooled_prompt_embeds (`torch.Tensor`, *optional*):
                 Pre-generated negative pooled text embeddings.
             identity_embeds (`torch.Tensor`, *optional*):
-                `[num_refs, 512]` unit-norm face embeddings of one person (one row per reference
-                photo), turned into identity tokens by the loaded identity adapter; the tokens
-                reach the UNet and, with a `keypoint_image`, the IdentityNet. `None` generates
-                without an identity.
+                `[num_refs, 512]` ArcFace embeddings of one person (one row per reference
+                photo; torch or numpy, unit-norm or insightface's raw `face.embedding`, which
+                InstantID takes as is), turned into identity tokens by the loaded adapter; the
+                tokens reach the UNet and, with a `keypoint_image`, the IdentityNet. `None`
+                generates without an identity.
             identity_scale (`float` or `dict`, *optional*):
                 The identity adapter's scale for this call only, as
                 [`~adapters.IdentityAdapterMixin.set_identity_scale`] takes it; `None` keeps the
@@ -458,15 +574,26 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
                 The IdentityNet's condition: the face keypoints drawn at the output size, as a
                 PIL image, an RGB `[H, W, 3]` / `[B, H, W, 3]` array (uint8, or float in [0, 1]),
                 a `[3, H, W]` / `[B, 3, H, W]` tensor in [0, 1], or a list of them (a batch). One
-                image serves every prompt; a batch holds one per prompt. It is not resized. Needs
-                `identity_embeds`; without it the IdentityNet does not run.
+                image serves every prompt; a batch holds one per prompt. Another size is resized
+                to the output size as diffusers does (Lanczos for PIL images, nearest for arrays
+                and tensors). Needs `identity_embeds`. InstantID's `image=`.
             identitynet_conditioning_scale (`float`, *optional*, defaults to 1.0):
-                Factor on the IdentityNet residuals.
+                Factor on the IdentityNet residuals (InstantID's `controlnet_conditioning_scale`).
+                Needs `keypoint_image`.
             control_image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list, *optional*):
                 The `controlnet`'s condition, in the formats of `keypoint_image`; with a
                 [`MultiControlNetModel`], a list with one such input per net.
             controlnet_conditioning_scale (`float` or `list[float]`, *optional*, defaults to 1.0):
                 Factor on the `controlnet` residuals; one per net for a [`MultiControlNetModel`].
+                Needs `control_image`.
+            guess_mode (`bool`, *optional*, defaults to `False`):
+                As in diffusers' ControlNet pipelines: under classifier-free guidance the
+                condition nets see only the conditional half and add nothing to the other.
+            control_guidance_start (`float` or `list[float]`, *optional*, defaults to 0.0):
+                Fraction of the steps at which each condition net starts; a list has one value
+                per net, the IdentityNet first, then the ControlNets.
+            control_guidance_end (`float` or `list[float]`, *optional*, defaults to 1.0):
+                Fraction of the steps at which each condition net stops; like the start.
             ip_adapter_image (`PipelineImageInput`, *optional*):
                 Optional image input to work with IP-Adapters.
             ip_adapter_image_embeds (`list[torch.Tensor]`, *optional*):
@@ -501,6 +628,10 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
                 returns (by name) replace the pipeline's.
             callback_on_step_end_tensor_inputs (`Sequence[str]`, defaults to `("latents",)`):
                 The tensors passed in `callback_kwargs`; any of `self._callback_tensor_inputs`.
+            kwargs:
+                Names of other pipelines (e.g. InstantID's `image_embeds` and `ip_adapter_scale`,
+                the deprecated `callback`) raise a `TypeError` naming this pipeline's argument;
+                see docs/coming-from-instantid.md.
 
         Examples:
 
@@ -511,16 +642,12 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
-        # 0. Condition images; they fix the output size when height and width are not given
-        keypoint_images = self.keypoint_image_tensor(keypoint_image)
-        control_images = control_image_tensors(self.controlnet, control_image)
-        conditions = [keypoint_images] if keypoint_images is not None else []
-        conditions += control_images or []
-        if conditions:
-            height = height or conditions[0].shape[-2]
-            width = width or conditions[0].shape[-1]
-        height = height or self.default_sample_size * self.vae_scale_factor
-        width = width or self.default_sample_size * self.vae_scale_factor
+        self.check_reference_arguments(kwargs)
+
+        # 0. Output size (by default the first condition's) and the conditions at that size
+        height, width = self.default_height_width(height, width, [keypoint_image, control_image])
+        keypoint_images = self.keypoint_image_tensor(keypoint_image, height=height, width=width)
+        control_images = self.control_image_tensors(control_image, height=height, width=width)
 
         original_size = original_size or (height, width)
         target_size = target_size or (height, width)
@@ -532,24 +659,27 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
             height,
             width,
             None,
-            negative_prompt,
-            negative_prompt_2,
-            prompt_embeds,
-            negative_prompt_embeds,
-            pooled_prompt_embeds,
-            negative_pooled_prompt_embeds,
-            ip_adapter_image,
-            ip_adapter_image_embeds,
-            callback_on_step_end_tensor_inputs,
-            identity_embeds,
-            identity_scale,
-            identity_image,
-            keypoint_images,
-            control_images,
-            identitynet_conditioning_scale,
-            controlnet_conditioning_scale,
+            negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            identity_embeds=identity_embeds,
+            identity_scale=identity_scale,
+            identity_image=identity_image,
             identity_rows=identity_rows,
             num_images_per_prompt=num_images_per_prompt,
+            keypoint_images=keypoint_images,
+            control_images=control_images,
+            identitynet_conditioning_scale=identitynet_conditioning_scale,
+            controlnet_conditioning_scale=controlnet_conditioning_scale,
+            guess_mode=guess_mode,
+            control_guidance_start=control_guidance_start,
+            control_guidance_end=control_guidance_end,
         )
 
         self._guidance_scale = guidance_scale
@@ -597,50 +727,34 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
         )
 
         # 4. Encode the identity: its tokens reach the adapter's processors and the IdentityNet
-        identity_tokens = identity_row_mask = None
+        identity_tokens = None
         if identity_embeds is not None:
-            identity_tokens = encode_identity_tokens(
-                self,
+            identity_tokens = self.encode_identity_tokens(
                 identity_embeds,
                 identity_image,
                 device=device,
                 num_images=batch_size * num_images_per_prompt,
                 do_classifier_free_guidance=self.do_classifier_free_guidance,
             )
-            self._cross_attention_kwargs = self.attention_call_kwargs(
-                cross_attention_kwargs,
-                identity_tokens=identity_tokens,
-                identity_scale=identity_scale,
-                identity_rows=identity_rows,
-            )
-            identity_row_mask = self.identity_row_mask(
-                identity_rows, batch_size=len(identity_tokens), device=device
-            )
 
-        # 5. Prepare the keypoint and control images
-        condition_kwargs = {
-            "batch_size": batch_size,
-            "num_images_per_prompt": num_images_per_prompt,
-            "device": device,
-            "do_classifier_free_guidance": self.do_classifier_free_guidance,
-        }
+        # 5. Prepare the keypoint and control images: the IdentityNet first, then the ControlNets
+        conditions = []
         if keypoint_images is not None:
-            keypoint_image = prepare_condition_image(
-                keypoint_images, dtype=self.identitynet.dtype, **condition_kwargs
-            )
+            conditions.append((self.identitynet, [keypoint_images], identitynet_conditioning_scale))
         if control_images is not None:
-            control_images = [
-                prepare_condition_image(image, dtype=self.controlnet.dtype, **condition_kwargs)
-                for image in control_images
-            ]
-            if isinstance(self.controlnet, MultiControlNetModel):
-                control_image = control_images
-                if not isinstance(controlnet_conditioning_scale, (list, tuple)):
-                    controlnet_conditioning_scale = [controlnet_conditioning_scale] * len(
-                        control_images
-                    )
-            else:
-                control_image = control_images[0]
+            conditions.append((self.controlnet, control_images, controlnet_conditioning_scale))
+        condition_nets = self.condition_nets(
+            conditions,
+            control_guidance_start=control_guidance_start,
+            control_guidance_end=control_guidance_end,
+            batch_size=batch_size,
+            num_images_per_prompt=num_images_per_prompt,
+            device=device,
+            do_classifier_free_guidance=self.do_classifier_free_guidance,
+            identity_rows=identity_rows,
+        )
+        keypoint_image = self.condition_images(condition_nets, identity=True)
+        control_image = self.condition_images(condition_nets, identity=False)
 
         # 6. Prepare timesteps
         timesteps, num_inference_steps = retrieve_timesteps(
@@ -726,16 +840,17 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
                 guidance_scale_tensor, embedding_dim=self.unet.config.time_cond_proj_dim
             ).to(device=device, dtype=latents.dtype)
 
-        # 12. Denoising loop
-        # Copied from diffusers.pipelines.controlnet.pipeline_controlnet_sd_xl.StableDiffusionXLControlNetPipeline.__call__  # noqa: E501
-        # with changes: two optional nets, the IdentityNet (on the identity tokens) and the
-        # ControlNet (on the prompt), whose residuals are summed (the IdentityNet's zeroed on
-        # identity-off images); guidance rescale and `set_begin_index` as in
-        # StableDiffusionXLPipeline; no guess mode or control guidance window, no deprecated
-        # `callback`.
+        # 12. Denoising loop, with the identity on the UNet's attention for this call
         self._num_timesteps = len(timesteps)
         if hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(0)
+        self._cross_attention_kwargs = self.attention_call_kwargs(
+            cross_attention_kwargs,
+            identity_tokens=identity_tokens,
+            identity_scale=identity_scale,
+            identity_rows=identity_rows,
+        )
+        # Copied from diffusers.pipelines.controlnet.pipeline_controlnet_sd_xl.StableDiffusionXLControlNetPipeline.__call__  # noqa: E501
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
@@ -749,43 +864,19 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
 
                 added_cond_kwargs = {"text_embeds": add_text_embeds, "time_ids": add_time_ids}
 
-                # identitynet and controlnet(s) inference
-                down_block_res_samples, mid_block_res_sample = None, None
-                if keypoint_images is not None:
-                    down_block_res_samples, mid_block_res_sample = self.identitynet(
-                        latent_model_input,
-                        t,
-                        encoder_hidden_states=identity_tokens,
-                        controlnet_cond=keypoint_image,
-                        conditioning_scale=identitynet_conditioning_scale,
-                        added_cond_kwargs=added_cond_kwargs,
-                        return_dict=False,
-                    )
-                    if identity_row_mask is not None:  # identity-off images: no IdentityNet
-                        down_block_res_samples = [
-                            residual * identity_row_mask for residual in down_block_res_samples
-                        ]
-                        mid_block_res_sample = mid_block_res_sample * identity_row_mask
-                if control_images is not None:
-                    control_down, control_mid = self.controlnet(
-                        latent_model_input,
-                        t,
-                        encoder_hidden_states=prompt_embeds,
-                        controlnet_cond=control_image,
-                        conditioning_scale=controlnet_conditioning_scale,
-                        added_cond_kwargs=added_cond_kwargs,
-                        return_dict=False,
-                    )
-                    if down_block_res_samples is None:
-                        down_block_res_samples, mid_block_res_sample = control_down, control_mid
-                    else:
-                        down_block_res_samples = [
-                            identity + control
-                            for identity, control in zip(
-                                down_block_res_samples, control_down, strict=True
-                            )
-                        ]
-                        mid_block_res_sample = mid_block_res_sample + control_mid
+                # Portrait: the condition nets, optional and in one place
+                down_block_res_samples, mid_block_res_sample = self.condition_residuals(
+                    condition_nets,
+                    latent_model_input,
+                    latents,
+                    t,
+                    step=i,
+                    num_steps=len(timesteps),
+                    prompt_embeds=prompt_embeds,
+                    identity_tokens=identity_tokens,
+                    added_cond_kwargs=added_cond_kwargs,
+                    guess_mode=guess_mode,
+                )
 
                 if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
                     added_cond_kwargs["image_embeds"] = image_embeds
@@ -806,10 +897,11 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
                 # perform guidance
                 if self.do_classifier_free_guidance:
                     noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-                    noise_pred = noise_pred_uncond + self.guidance_scale * (
+                    noise_pred = noise_pred_uncond + guidance_scale * (
                         noise_pred_text - noise_pred_uncond
                     )
 
+                # Portrait: guidance rescale, as in StableDiffusionXLPipeline
                 if self.do_classifier_free_guidance and self.guidance_rescale > 0.0:
                     # Based on 3.4. in https://huggingface.co/papers/2305.08891
                     noise_pred = rescale_noise_cfg(
@@ -831,32 +923,47 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
                     prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
                     add_text_embeds = callback_outputs.pop("add_text_embeds", add_text_embeds)
                     add_time_ids = callback_outputs.pop("add_time_ids", add_time_ids)
+                    # Portrait: the IdentityNet's condition
                     keypoint_image = callback_outputs.pop("keypoint_image", keypoint_image)
+                    # Portrait: the ControlNet's condition is `control_image`, not `image`
                     control_image = callback_outputs.pop("control_image", control_image)
+                    # Portrait: the nets read the conditions the callback returned
+                    condition_nets = self.with_condition_images(
+                        condition_nets,
+                        control_image=control_image,
+                        keypoint_image=keypoint_image,
+                    )
 
                 if i == len(timesteps) - 1 or (
                     (i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0
                 ):
                     progress_bar.update()
+        # End of copy
 
         # 13. Decode
         # Copied from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl.StableDiffusionXLPipeline.__call__  # noqa: E501
-        # with changes: `vae.to(torch.float32)` instead of the deprecated `upcast_vae()`.
-        if output_type != "latent":
+        if not output_type == "latent":  # noqa: SIM201
             # make sure the VAE is in float32 mode, as it overflows in float16
             needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
 
             if needs_upcasting:
+                # Portrait: instead of the deprecated `upcast_vae()`
                 self.vae.to(dtype=torch.float32)
                 latents = latents.to(next(iter(self.vae.post_quant_conv.parameters())).dtype)
-            elif latents.dtype != self.vae.dtype and torch.backends.mps.is_available():
-                # some platforms (eg. apple mps) misbehave due to a pytorch bug: https://github.com/pytorch/pytorch/pull/99272
-                self.vae = self.vae.to(latents.dtype)
+            elif latents.dtype != self.vae.dtype:  # noqa: SIM102
+                if torch.backends.mps.is_available():
+                    # some platforms (eg. apple mps) misbehave due to a pytorch bug: https://github.com/pytorch/pytorch/pull/99272
+                    self.vae = self.vae.to(latents.dtype)
 
             # unscale/denormalize the latents
             # denormalize with the mean and std if available and not None
-            has_latents_mean = getattr(self.vae.config, "latents_mean", None) is not None
-            has_latents_std = getattr(self.vae.config, "latents_std", None) is not None
+            has_latents_mean = (
+                hasattr(self.vae.config, "latents_mean")
+                and self.vae.config.latents_mean is not None
+            )
+            has_latents_std = (
+                hasattr(self.vae.config, "latents_std") and self.vae.config.latents_std is not None
+            )
             if has_latents_mean and has_latents_std:
                 latents_mean = (
                     torch.tensor(self.vae.config.latents_mean)
@@ -878,14 +985,16 @@ class PortraitXLPipeline(IdentityAdapterMixin, StableDiffusionXLPipeline):
             # cast back to fp16 if needed
             if needs_upcasting:
                 self.vae.to(dtype=torch.float16)
+        else:
+            image = latents
 
+        if not output_type == "latent":  # noqa: SIM201
             # apply watermark if available
             if self.watermark is not None:
                 image = self.watermark.apply_watermark(image)
 
             image = self.image_processor.postprocess(image, output_type=output_type)
-        else:
-            image = latents
+        # End of copy
 
         # Offload all models
         self.maybe_free_model_hooks()

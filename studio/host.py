@@ -2,7 +2,6 @@
 
 - :func:`build_pipeline` loads a model set's pipeline from its folders (``generate`` uses it
   bare, the studio with the identity adapter and pose ControlNet);
-- :func:`assemble_pipeline` wraps modules already in memory (training validation);
 - :class:`PipelineHost` keeps one model set's identity pipeline loaded, the LoRAs on it, and
   the pipelines derived from it with diffusers' ``from_pipe`` (they share every weight), and
   falls back to model CPU offload when the GPU runs out of memory.
@@ -19,7 +18,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -87,27 +86,6 @@ def run_pipeline(pipe, settings: Settings, **call: Any):
     fit_vae(pipe, width=call.get("width"), height=call.get("height"), mode=settings.vae_tiling)
     with attention_backend(settings.attention_backend):
         return pipe(**call)
-
-
-def assemble_pipeline(
-    family: BaseFamily,
-    *,
-    vae: torch.nn.Module,
-    unet: torch.nn.Module,
-    text_encoders: Sequence[torch.nn.Module],
-    tokenizers: Sequence[Any],
-    scheduler: Any,
-):
-    """The family's pipeline around modules already in memory; nothing is copied or moved."""
-    parts = {
-        **dict(zip(family.text_encoders, text_encoders, strict=True)),
-        **dict(zip(family.tokenizers, tokenizers, strict=True)),
-    }
-    pipe = family.pipeline_class()(
-        vae=vae, unet=unet, scheduler=scheduler, **parts, **family.pipeline_options
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @dataclass(frozen=True)

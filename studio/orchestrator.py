@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,18 +38,11 @@ from studio.faces.condition import pose_condition
 from studio.faces.encoders import IdentityEmbedding, mean_embedding
 from studio.host import ActiveLora, PipelineHost
 from studio.images import ImageLoadError, load_image
-from studio.limits import (
-    MAX_GUIDANCE,
-    MAX_IDENTITY_SCALE,
-    MAX_IMAGES,
-    MAX_SEED,
-    MAX_STEPS,
-    check_range,
-)
 from studio.models import select_model_set
 from studio.outputs import GenerationRecord, save_image
 from studio.profiles.library import ProfileLibrary
-from studio.profiles.types import Profile, ProfileLora
+from studio.profiles.types import Profile
+from studio.requests import Identity, PortraitRequest
 from studio.scoring import IdentityScore, IdentityScorer
 from studio.settings import Settings
 from studio.stages import (
@@ -71,57 +64,6 @@ PORTRAITS_DIR = "portraits"
 DEFAULT_SUBJECT = "a person"
 SCORING_ENCODERS = ("sface", "dlib")
 """Recognizers that score likeness, in order of preference; the adapter's own is skipped."""
-
-
-@dataclass(frozen=True)
-class PortraitRequest:
-    """What a person asks for. ``prompt`` alone is a free prompt; with ``style`` it is added
-    to the style's. ``{subject}`` in a free prompt marks where the person goes (else first)."""
-
-    profile: str
-    style: str | None = None
-    prompt: str = ""
-    negative_prompt: str = ""
-    pose: str | Path | None = None
-    num_images: int = 1
-    seed: int = 0
-    steps: int | None = None
-    guidance: float | None = None
-    identity_scale: float | None = None
-    use_lora: bool = True
-    stages: tuple[str, ...] = ()
-    """Registered stages (:mod:`studio.stages`) to run on every image, in this order."""
-
-    def validate(self) -> None:
-        """Raise a :class:`StudioError` naming the first unusable field and its range."""
-        if not self.profile.strip():
-            raise StudioError("choose a profile (create one from photos first)")
-        if not self.style and not self.prompt.strip():
-            raise StudioError("choose a style or write a prompt")
-        check_range("number of images", self.num_images, 1, MAX_IMAGES)
-        check_range("seed", self.seed, 0, MAX_SEED)
-        if self.steps is not None:
-            check_range("steps", self.steps, 1, MAX_STEPS)
-        if self.guidance is not None:
-            check_range("guidance", self.guidance, 0, MAX_GUIDANCE)
-        if self.identity_scale is not None:
-            check_range("identity strength", self.identity_scale, 0, MAX_IDENTITY_SCALE)
-        check_stage_names(self.stages)
-
-
-@dataclass(frozen=True, eq=False)
-class Identity:
-    """A profile made ready for generation and scoring."""
-
-    profile: str
-    encoder: str
-    embeds: torch.Tensor
-    reference: IdentityEmbedding
-    lora: ProfileLora | None
-    subject: str
-    keypoints_photo: Path
-    encodings: Mapping[str, IdentityEmbedding] = field(default_factory=dict)
-    """The mean embedding of the accepted photos per encoder (the adapter's and the scorer's)."""
 
 
 @dataclass(frozen=True)
@@ -295,6 +237,7 @@ class Studio:
         """Make ``request.num_images`` portraits, score, save (to ``out_dir``, default the
         history's folder), and rank them."""
         request.validate()
+        check_stage_names(request.stages)
         if self._training.is_set():
             raise StudioError(
                 "a LoRA is training on this machine; wait until it finishes, or "
@@ -479,8 +422,6 @@ class Studio:
         from studio.training.trainer import train
 
         given = {"profile": profile, "models": self.model_set.name, **flags}
-        if "resolution" not in given and "train_resolution" in self.model_set.defaults:
-            given["resolution"] = self.model_set.defaults["train_resolution"]
         runs = self.training_runs(profile)
         if resume:
             if not runs:
@@ -492,7 +433,7 @@ class Studio:
             while out.exists():
                 out, n = self._runs_dir / f"{slug(profile)}-{stamp}-{n}", n + 1
             given["out"] = str(out)
-        config = config_from_flags(given)
+        config = config_from_flags(given, self.settings.torch_device())
         with self._gpu_lock:
             self._training.set()
             try:

@@ -28,7 +28,7 @@ from studio.faces.types import Face
 
 if TYPE_CHECKING:
     from studio.host import PipelineHost
-    from studio.orchestrator import Identity, PortraitRequest
+    from studio.requests import Identity, PortraitRequest
 
 logger = logging.getLogger(__name__)
 

@@ -28,6 +28,9 @@ from studio.models.resolver import ModelResolver
 from studio.orchestrator import PortraitRequest, Studio
 from studio.profiles.types import CONSENT_STATEMENT, PhotoOutcome, Profile
 from studio.settings import Settings
+from studio.training.config import TrainConfig
+from studio.training.estimate import duration
+from studio.training.fit import describe, fit_for
 from studio.training.trainer import TrainingProgress, TrainingResult
 
 logger = logging.getLogger(__name__)
@@ -44,8 +47,6 @@ INTERNAL_ERROR = (
 """What the UI shows for a bug; the traceback goes to the log."""
 HISTORY_LIMIT = 100
 VERDICT_HEADERS = ["file", "accepted", "reasons", "similarity"]
-TINY_TRAINING = {"validate_every": 10, "validation_images": 1, "validation_inference_steps": 2}
-"""Small validation on the tiny sets, so a UI run takes seconds."""
 TINY_BANNER = (
     "**Offline demo: the `tiny` model set.** Its random weights draw 64-pixel noise, not "
     "portraits; it shows how the studio works. Real model sets need their weights: run "
@@ -321,15 +322,15 @@ class TrainingJob:
 class TrainingJobs:
     """The UI's training runs: one at a time, in a background thread, cancellable.
 
-    ``flags`` are extra training settings (``validate_every``…); the tiny sets get
-    :data:`TINY_TRAINING`. The latest job of each profile is kept for the progress view. When
-    the server exits, a running job is stopped and checkpointed, so Resume continues it.
+    ``flags`` are extra training settings (``validate_every``…); the rest fit the device and
+    model set (:func:`training_defaults`). The latest job of each profile is kept for the
+    progress view. When the server exits, a running job is stopped and checkpointed, so Resume
+    continues it.
     """
 
     def __init__(self, studio: Studio, **flags: Any) -> None:
         self.studio = studio
-        tiny = studio.model_set.name.startswith("tiny")
-        self.flags = flags or (dict(TINY_TRAINING) if tiny else {})
+        self.flags = flags
         self._jobs: dict[str, TrainingJob] = {}
         self._lock = threading.Lock()
         atexit.register(self.stop_all)
@@ -391,6 +392,21 @@ class TrainingJobs:
         return job
 
 
+def training_defaults(studio: Studio) -> tuple[int, str]:
+    """The Train tab's default step count, and what a default run is on this machine."""
+    device = studio.settings.torch_device()
+    fit = fit_for({"models": studio.model_set.name}, device)
+    if fit is None:
+        d = TrainConfig()
+        values = {**vars(d), "resolution": studio.model_set.base_family.default_size}
+        return d.steps, f"Default run on the {device}: {describe(values)}."
+    return int(fit.values["steps"]), (
+        f"Default run for {fit.reason}: {describe(fit.values)}, sized for this machine "
+        "(minutes, not hours). The time left shows beside the progress bar once the first "
+        "step is measured."
+    )
+
+
 TrainingView = tuple[str, pd.DataFrame, pd.DataFrame]
 """Status markdown, the loss curve and the identity-similarity curve."""
 
@@ -440,7 +456,11 @@ def _status(studio: Studio, job: TrainingJob | None, profile: str | None) -> str
     where = f"step {last.step}/{last.total} · loss {last.loss:.4f}" if last else "starting"
     if job.running:
         verb = "Cancelling" if job.stop.is_set() else "Training"
-        return f"{verb} **{job.profile}**: {where}"
+        status = f"{verb} **{job.profile}**: {where}"
+        if last is None:
+            return f"{status} (loading models and caching the photos)"
+        left = "" if last.remaining_s is None else f" · about {duration(last.remaining_s)} left"
+        return f"{status}\n\n`{_bar(last.step, last.total)}`{left}"
     if job.error:
         return f"Training of **{job.profile}** failed: {job.error}"
     result = job.result
@@ -455,3 +475,9 @@ def _status(studio: Studio, job: TrainingJob | None, profile: str | None) -> str
         f"Finished **{job.profile}** after {result.step} steps{best}; LoRA "
         f"**{result.profile_lora}** is in the profile and used by Generate."
     )
+
+
+def _bar(step: int, total: int, width: int = 24) -> str:
+    """A text progress bar, e.g. ``██████░░░░░░ 50%``."""
+    done = round(width * step / total) if total else width
+    return f"{'█' * done}{'░' * (width - done)} {100 * step // max(total, 1)}%"

@@ -157,6 +157,7 @@ def test_doctor_reports_hardware_and_sets(tiny_env, capsys):
     out = capsys.readouterr().out
     assert "device         cpu" in out
     assert "CPUExecutionProvider" in out
+    assert "face models    CPUExecutionProvider (setting: auto)" in out
     assert "set tiny       usable" in out and "set sd15       needs weights" in out
 
 

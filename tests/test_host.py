@@ -6,14 +6,13 @@ import inspect
 import json
 from types import MappingProxyType
 
-import numpy as np
 import pytest
 import torch
 
 from studio.cli import main
 from studio.errors import ConfigError, StudioError
 from studio.families import BASE_FAMILIES, SD15, SDXL, family_of_folder
-from studio.host import DERIVED, PipelineHost, assemble_pipeline, build_pipeline
+from studio.host import DERIVED, PipelineHost, build_pipeline
 from studio.models import select_model_set
 from studio.models.catalog import Component, ModelSet, load_catalog
 from studio.models.tiny import built_path
@@ -128,33 +127,3 @@ def test_the_host_builds_once_derives_with_shared_weights_and_unloads(tiny_env, 
     assert host.model_set is None and host.loras == ()
     with pytest.raises(StudioError, match="no pipeline is loaded"):
         host.derived("inpaint")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("models", ["tiny", "tiny-xl"])
-def test_an_assembled_pipeline_generates_what_the_loaded_one_does(tiny_env, models):
-    """Training validation wraps its modules this way."""
-    model_set = select_model_set(models)
-    loaded = build_pipeline(model_set, load_settings(), identity=False)
-    family = model_set.base_family
-    assembled = assemble_pipeline(
-        family,
-        vae=loaded.vae,
-        unet=loaded.unet,
-        text_encoders=[getattr(loaded, name) for name in family.text_encoders],
-        tokenizers=[getattr(loaded, name) for name in family.tokenizers],
-        scheduler=loaded.scheduler,
-    )
-    assert type(assembled) is type(loaded) and assembled.unet is loaded.unet
-
-    def run(pipe):
-        return pipe(
-            "a portrait",
-            num_inference_steps=2,
-            width=64,
-            height=64,
-            generator=torch.Generator().manual_seed(0),
-            output_type="np",
-        ).images
-
-    assert np.array_equal(run(loaded), run(assembled))

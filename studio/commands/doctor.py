@@ -7,6 +7,7 @@ import importlib.util
 from importlib.metadata import PackageNotFoundError, version
 
 from studio.commands.models import set_usable
+from studio.faces.onnx_session import face_providers
 from studio.models.catalog import load_catalog
 from studio.models.resolver import ModelResolver
 from studio.settings import Settings
@@ -43,6 +44,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(f"diffusers      {_version('diffusers')}")
     providers = ", ".join(onnxruntime.get_available_providers())
     print(f"onnxruntime    {onnxruntime.__version__}: {providers}")
+    chosen = [p if isinstance(p, str) else p[0] for p in face_providers(settings)]
+    print(f"face models    {', '.join(chosen)} (setting: {settings.faces_device})")
     for module, use in OPTIONAL_PACKAGES.items():
         found = "available" if importlib.util.find_spec(module) else "not installed"
         print(f"{module:<14} {found} - {use}")

@@ -11,7 +11,10 @@ Two conventions are reproduced from published code:
   scaled to other sizes by ``size / 112`` (sizes divisible by 112) or by ``size / 128`` with an
   ``8 * ratio`` px shift to the right (sizes divisible by 128), and a least-squares similarity.
 * FFHQ crops follow ``recreate_aligned_images`` of NVlabs/ffhq-dataset (what StyleGAN and e4e
-  expect), computed from the eye centres and mouth corners of the five keypoints.
+  expect), computed from the eye centres and mouth corners (:func:`ffhq_points_from_kps`,
+  :func:`ffhq_points_from_mesh`): :func:`align_ffhq` as one anti-aliased warp,
+  :func:`align_ffhq_quad` step for step (shrink, crop with border, reflect padding with blur,
+  quad transform, resize), as e4e's inference alignment does.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from studio.faces import regions
 from studio.faces.types import ARCFACE_TEMPLATE_112, NUM_KEYPOINTS, AlignedFace, check_rgb
 
 logger = logging.getLogger(__name__)
@@ -42,6 +46,22 @@ FFHQ_MOUTH_SPAN = 1.8
 
 FFHQ_CENTRE_SHIFT = 0.1
 """FFHQ crop centre: from the eyes' midpoint this fraction of the way towards the mouth."""
+
+FFHQ_BORDER = 0.1
+"""FFHQ crop border around the quad, as a fraction of the quad's side (at least 3 px)."""
+
+FFHQ_PAD = 0.3
+"""FFHQ reflect padding, as a fraction of the quad's side, when the quad leaves the photo."""
+
+FFHQ_BLUR = 0.02
+"""Sigma of the blur that FFHQ fades into the padding, as a fraction of the quad's side."""
+
+E4E_SIZE = 256
+"""Side of the FFHQ crop that e4e encodes."""
+
+E4E_MIN_QUAD_SIDE = 128
+"""Smallest FFHQ square, in photo pixels, worth encoding with e4e: below it the 256-px crop is
+more than 2x upscaled and the inversion sees blur instead of a face."""
 
 MAX_SUPERSAMPLING = 4
 """Most output-pixel subdivisions of an anti-aliased warp (FFHQ renders 4096 px for 1024)."""
@@ -150,19 +170,65 @@ def align_face(
     return _aligned(image, matrix, size, border, antialias)
 
 
+def ffhq_points_from_kps(kps: np.ndarray) -> np.ndarray:
+    """FFHQ's four anchor points from five keypoints: the eyes and the mouth corners.
+
+    Rows: image-left eye, image-right eye, image-left mouth corner, image-right mouth corner.
+    """
+    kps = _check_kps(kps)
+    return kps[[0, 1, 3, 4]].copy()
+
+
+def ffhq_points_from_mesh(mesh: np.ndarray) -> np.ndarray:
+    """FFHQ's four anchor points from a 468- or 478-point face mesh.
+
+    Each eye is the mean of its lid contour (as FFHQ averages dlib's six eye points); the mouth
+    corners are points 61 and 291. Rows as in :func:`ffhq_points_from_kps`.
+    """
+    mesh = np.asarray(mesh, dtype=np.float64)
+    if mesh.ndim != 2 or mesh.shape[0] < 468 or mesh.shape[1] < 2:
+        raise ValueError(f"expected a (468 or 478, 2 or 3) face mesh, got shape {mesh.shape}")
+    if not np.isfinite(mesh[:, :2]).all():
+        raise ValueError("the face mesh has non-finite points")
+    xy = mesh[:, :2]
+    # The subject's right eye and mouth corner are on the image's left.
+    return np.stack(
+        [
+            xy[list(regions.RIGHT_EYE)].mean(axis=0),
+            xy[list(regions.LEFT_EYE)].mean(axis=0),
+            xy[regions.LIPS_OUTER_UPPER[0]],
+            xy[regions.LIPS_OUTER_UPPER[-1]],
+        ]
+    )
+
+
 def ffhq_quad(kps: np.ndarray) -> np.ndarray:
     """The FFHQ crop square as four image points: top-left, bottom-left, bottom-right, top-right.
 
     The published ``recreate_aligned_images`` rule, fed with our eye centres and mouth corners.
     """
-    kps = _check_kps(kps)
-    eye_avg = (kps[0] + kps[1]) / 2
-    eye_to_eye = kps[1] - kps[0]
-    mouth_avg = (kps[3] + kps[4]) / 2
+    return ffhq_quad_from_points(ffhq_points_from_kps(kps))
+
+
+def ffhq_quad_from_points(points: np.ndarray) -> np.ndarray:
+    """:func:`ffhq_quad` from the four anchor points of :func:`ffhq_points_from_kps` or
+    :func:`ffhq_points_from_mesh`."""
+    points = np.asarray(points, dtype=np.float64)
+    if points.shape != (4, 2) or not np.isfinite(points).all():
+        raise ValueError(
+            "expected finite (4, 2) FFHQ points (eyes, then mouth corners), "
+            f"got shape {points.shape}"
+        )
+    eye_avg = (points[0] + points[1]) / 2
+    eye_to_eye = points[1] - points[0]
+    mouth_avg = (points[2] + points[3]) / 2
     eye_to_mouth = mouth_avg - eye_avg
 
     x = eye_to_eye - np.flipud(eye_to_mouth) * [-1, 1]
-    x /= np.hypot(*x)
+    norm = np.hypot(*x)
+    if norm <= np.finfo(np.float64).eps:
+        raise ValueError("the eyes and mouth coincide; the FFHQ quad is undefined")
+    x /= norm
     x *= max(np.hypot(*eye_to_eye) * FFHQ_EYE_SPAN, np.hypot(*eye_to_mouth) * FFHQ_MOUTH_SPAN)
     y = np.flipud(x) * [-1, 1]
     c = eye_avg + eye_to_mouth * FFHQ_CENTRE_SHIFT
@@ -188,6 +254,127 @@ def align_ffhq(
     edges = np.array([[-0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]])
     matrix = estimate_similarity(quad[:3], edges)
     return _aligned(image, matrix, size, border, antialias)
+
+
+def align_ffhq_quad(
+    image: np.ndarray,
+    points: np.ndarray,
+    size: int = E4E_SIZE,
+    *,
+    transform_size: int | None = None,
+    padding: bool = True,
+    min_quad_side: float = 0.0,
+) -> AlignedFace:
+    """FFHQ's ``recreate_aligned_images``, step for step, from four anchor points.
+
+    1. Shrink the photo by ``floor(quad side / size / 2)`` when that is at least 2.
+    2. Crop the quad's bounding box plus a border of :data:`FFHQ_BORDER` of its side.
+    3. Where the quad (plus border) leaves the photo and ``padding`` is on: reflect-pad by at
+       least :data:`FFHQ_PAD` of the side, blur the padding and fade it to the median colour.
+    4. Warp the quad onto a ``transform_size`` square (bilinear), then area-resize to ``size``.
+
+    Args:
+        image: RGB ``uint8`` photo, ``(H, W, 3)``.
+        points: ``(4, 2)`` eyes and mouth corners from :func:`ffhq_points_from_kps` or
+            :func:`ffhq_points_from_mesh`.
+        size: side of the result; :data:`E4E_SIZE` for e4e, 1024 for StyleGAN's FFHQ.
+        transform_size: side of the warp before the final resize, at least ``size``
+            (FFHQ renders at 4 x the output); defaults to ``4 * size``.
+        padding: fill beyond the photo as FFHQ does (reflect, blur, fade) instead of black.
+        min_quad_side: refuse faces whose FFHQ square is smaller in the photo, e.g.
+            :data:`E4E_MIN_QUAD_SIDE` before e4e.
+
+    Returns:
+        The crop, with ``matrix`` mapping photo pixels to crop pixels through every step.
+    """
+    check_rgb(image)
+    quad = ffhq_quad_from_points(points)
+    transform_size = MAX_SUPERSAMPLING * size if transform_size is None else transform_size
+    if size <= 0 or transform_size < size:
+        raise ValueError(
+            f"need 0 < size <= transform_size, got size={size}, transform_size={transform_size}"
+        )
+    qsize = float(np.hypot(*(quad[3] - quad[0])))
+    if qsize < min_quad_side:
+        raise ValueError(
+            f"the face is too small: its FFHQ square is {qsize:.0f} px in the photo, at least "
+            f"{min_quad_side:.0f} px are needed; use a photo where the face is larger"
+        )
+    work, to_work = image, np.eye(2, 3)
+
+    # 1. Shrink
+    shrink = math.floor(qsize / size * 0.5)
+    if shrink > 1:
+        height, width = work.shape[:2]
+        shrunk = (round(width / shrink), round(height / shrink))
+        work = cv2.resize(work, shrunk, interpolation=cv2.INTER_AREA)
+        to_work = _resize_matrix((width, height), shrunk)
+        quad, qsize = quad / shrink, qsize / shrink
+
+    # 2. Crop
+    border = max(round(qsize * FFHQ_BORDER), 3)
+    height, width = work.shape[:2]
+    low, high = np.floor(quad.min(axis=0)).astype(int), np.ceil(quad.max(axis=0)).astype(int)
+    x0, y0 = np.maximum(low - border, 0)
+    x1, y1 = np.minimum(high + border, [width, height])
+    if x1 - x0 < width or y1 - y0 < height:
+        work = work[y0:y1, x0:x1]
+        quad = quad - [x0, y0]
+        to_work = _compose(_translation(-x0, -y0), to_work)
+
+    # 3. Pad
+    if padding:
+        height, width = work.shape[:2]
+        low, high = np.floor(quad.min(axis=0)).astype(int), np.ceil(quad.max(axis=0)).astype(int)
+        pad = np.maximum(
+            [
+                -low[0] + border,
+                -low[1] + border,
+                high[0] - width + border,
+                high[1] - height + border,
+            ],
+            0,
+        )
+        if pad.max() > border - 4:
+            pad = np.maximum(pad, round(qsize * FFHQ_PAD))
+            work = _pad_blurred(work, pad, qsize * FFHQ_BLUR)
+            quad = quad + pad[:2]
+            to_work = _compose(_translation(pad[0], pad[1]), to_work)
+
+    # 4. Quad transform and resize
+    edges = np.array([[-0.5, -0.5], [-0.5, transform_size - 0.5]])
+    edges = np.vstack([edges, [transform_size - 0.5, transform_size - 0.5]])
+    to_big = estimate_similarity(quad[:3], edges)
+    crop = cv2.warpAffine(
+        work,
+        to_big,
+        (transform_size, transform_size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+    )
+    matrix = _compose(to_big, to_work)
+    if size < transform_size:
+        crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+        matrix = _compose(_resize_matrix((transform_size, transform_size), (size, size)), matrix)
+    return AlignedFace(image=crop, matrix=matrix, inverse=cv2.invertAffineTransform(matrix))
+
+
+def _pad_blurred(image: np.ndarray, pad: np.ndarray, blur: float) -> np.ndarray:
+    """FFHQ's padding: reflect by ``pad`` (left, top, right, bottom), blur it towards the
+    outside and fade it to the image's median colour."""
+    left, top, right, bottom = (int(p) for p in pad)
+    padded = np.pad(np.float32(image), ((top, bottom), (left, right), (0, 0)), mode="reflect")
+    height, width = padded.shape[:2]
+    y, x = np.ogrid[:height, :width]
+    x, y = np.float32(x), np.float32(y)
+    mask = np.maximum(
+        1.0 - np.minimum(x / left, (width - 1 - x) / right),
+        1.0 - np.minimum(y / top, (height - 1 - y) / bottom),
+    )[..., None]
+    blurred = cv2.GaussianBlur(padded, (0, 0), blur, borderType=cv2.BORDER_REFLECT)
+    padded += (blurred - padded) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
+    padded += (np.median(padded, axis=(0, 1)) - padded) * np.clip(mask, 0.0, 1.0)
+    return np.clip(np.rint(padded), 0, 255).astype(np.uint8)
 
 
 def paste_back(

@@ -18,7 +18,7 @@ from studio.errors import StudioError
 from studio.faces.align import HEAD_CROP_FACE_FRACTION, align_face
 from studio.faces.detect import FaceDetector, YuNetDetector, create_detector
 from studio.faces.encoders import EncoderUnavailableError, IdentityEncoder, create_encoder
-from studio.faces.onnx_session import available_providers
+from studio.faces.onnx_session import face_providers
 from studio.faces.quality import ARCFACE_CROP, DEFAULT_THRESHOLDS, QualityThresholds, assess
 from studio.faces.types import AlignedFace, Detection, Face
 
@@ -122,8 +122,7 @@ def analyzer_from_settings(
 
     catalog = load_catalog()
     resolver = ModelResolver(settings)
-    device = settings.device if settings.faces_device == "auto" else settings.faces_device
-    providers = available_providers(device)
+    providers = face_providers(settings)
     built: list[IdentityEncoder] = []
     for name in encoders:
         if name == "arcface":

@@ -19,6 +19,8 @@ from studio.faces.onnx_rewrite import prepare_for_ort
 if TYPE_CHECKING:
     import onnxruntime
 
+    from studio.settings import Settings
+
 logger = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
@@ -52,6 +54,12 @@ def available_providers(device: str = "auto") -> list[Provider]:
     import onnxruntime
 
     return select_providers(onnxruntime.get_available_providers(), device)
+
+
+def face_providers(settings: Settings) -> list[Provider]:
+    """The providers ``settings`` ask for: ``faces_device``, or ``device`` when that is ``auto``."""
+    device = settings.device if settings.faces_device == "auto" else settings.faces_device
+    return available_providers(device)
 
 
 def create_session(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,13 +54,20 @@ def to_pixels(images: Sequence[np.ndarray]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_latents(vae, images: Sequence[np.ndarray], device: torch.device) -> LatentCache:
-    """Encode crops with the VAE (float32; the SDXL VAE overflows in float16)."""
+def encode_latents(
+    vae, images: Sequence[np.ndarray], device: torch.device, stop: threading.Event | None = None
+) -> LatentCache | None:
+    """Encode crops with the VAE (float32; the SDXL VAE overflows in float16).
+
+    Returns ``None`` when ``stop`` is set, checked before each batch of :data:`ENCODE_BATCH`.
+    """
     vae.to(device)
     scale = vae.config.scaling_factor
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     means, stds = [], []
     for start in range(0, len(images), ENCODE_BATCH):
+        if stop is not None and stop.is_set():
+            return None
         pixels = to_pixels(images[start : start + ENCODE_BATCH]).to(device)
         dist = vae.encode(pixels).latent_dist
         means.append(((dist.mean - shift) * scale).cpu())

@@ -112,8 +112,13 @@ def save_checkpoint(
     state: TrainerState,
     optimizer_state_dict: Mapping[str, Any],
     write_lora,
+    keep: int | None = None,
 ) -> Path:
-    """Write checkpoint ``state.step``; ``write_lora(folder)`` saves the LoRA into the folder."""
+    """Write checkpoint ``state.step``; ``write_lora(folder)`` saves the LoRA into the folder.
+
+    With ``keep``, the oldest checkpoints go before the new one appears, so a run killed at any
+    moment never holds more than ``keep`` complete checkpoints.
+    """
     target = checkpoint_dir(run_dir, state.step)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -132,6 +137,11 @@ def save_checkpoint(
         "elapsed_s": state.elapsed_s,
     }
     atomic_write_text(tmp / STATE_FILE, json.dumps(document, indent=1))
+    if keep is not None:
+        older = [path for step, path in list_checkpoints(run_dir) if step != state.step]
+        for path in older[: max(len(older) - (keep - 1), 0)]:
+            shutil.rmtree(path, ignore_errors=True)
+            logger.info("removed old checkpoint %s", path)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     logger.info("checkpoint written: %s", target)

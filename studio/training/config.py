@@ -15,14 +15,37 @@ from typing import Any
 from studio.errors import ConfigError
 from studio.families import get_family
 from studio.training.captions import DEFAULT_CLASS_WORD, DEFAULT_TRIGGER, check_token
+from studio.training.fit import DEFAULT_MODELS, fit_for
+
+MAX_INFERENCE_STEPS = 1000
+"""The SD schedulers' training timesteps: a sampler cannot take more steps than these."""
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 SCORE_ENCODERS = ("sface", "dlib", "arcface")
 
-RESUMABLE = frozenset(
-    {"steps", "validate_every", "checkpoint_every", "checkpoints_total_limit", "export_kohya"}
+FITTED_HELP = (
+    "The defaults named above are a GPU's. On the CPU a real model set trains at half size "
+    "(256 px for sd15, 512 for sdxl) for 100 steps with one validation image at the end, and "
+    "the tiny sets train at 64 px for 100 steps with 2 small validation images halfway and "
+    "at the end: a default run takes a minute or so on the tiny sets and tens of minutes "
+    "rather than many hours on the CPU; any flag given overrides this. The time left is "
+    "shown with the progress bar once the first step is measured."
 )
-"""Settings a resumed run may change; every other one is the run's own and must agree."""
+"""Where the defaults differ from the ones each flag names (:mod:`studio.training.fit`)."""
+
+RESUMABLE = frozenset(
+    {
+        "steps",
+        "validate_every",
+        "validation_images",
+        "validation_inference_steps",
+        "checkpoint_every",
+        "checkpoints_total_limit",
+        "export_kohya",
+    }
+)
+"""Settings a resumed run may change (none changes the training itself); every other one is
+the run's own and must agree."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +54,7 @@ class TrainConfig:
 
     photos: tuple[str, ...] = ()
     profile: str | None = None
-    models: str = "sd15"
+    models: str = DEFAULT_MODELS
     out: str | None = None
     steps: int = 500
     rank: int = 16
@@ -235,9 +258,17 @@ def given_flags(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
-def config_from_flags(given: Mapping[str, Any]) -> TrainConfig:
-    """Defaults overridden by ``given``, checked; raises :class:`ConfigError` naming the flag."""
-    config = replace(TrainConfig(), **given)
+def config_from_flags(given: Mapping[str, Any], device: str | None = None) -> TrainConfig:
+    """Defaults overridden by ``given``, checked; raises :class:`ConfigError` naming the flag.
+
+    With ``device``, defaults fit for it and the model set (:mod:`studio.training.fit`) replace
+    the GPU ones for the flags ``given`` leaves out; a resume keeps its run's own settings.
+    """
+    fitted = {}
+    if device is not None and not given.get("resume"):
+        fit = fit_for(given, device)
+        fitted = fit.applied(given) if fit else {}
+    config = replace(TrainConfig(), **fitted, **given)
     check(config)
     return config
 
@@ -260,6 +291,11 @@ def check(c: TrainConfig) -> None:
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if c.validation_inference_steps > MAX_INFERENCE_STEPS:
+        raise ConfigError(
+            f"--validation-inference-steps {c.validation_inference_steps} is more than the "
+            f"{MAX_INFERENCE_STEPS} noise levels the models were trained with; 25 is usual"
+        )
     non_negative = {
         "validate_every": c.validate_every,
         "checkpoint_every": c.checkpoint_every,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +40,7 @@ from studio.training.checkpoint import (
     save_checkpoint,
 )
 from studio.training.config import TrainConfig, check
+from studio.training.estimate import Estimate, duration
 from studio.training.export import (
     METADATA_NAME,
     WEIGHTS_NAME,
@@ -47,6 +49,7 @@ from studio.training.export import (
     load_lora,
     save_lora,
 )
+from studio.training.fit import torch_threads
 from studio.training.model import add_lora, load_models, lora_parameters
 from studio.training.photos import select_photos
 from studio.training.report import TrainingSummary, write_report
@@ -70,6 +73,8 @@ class TrainingProgress:
     lr: float
     elapsed_s: float
     similarity: float | None = None
+    remaining_s: float | None = None
+    """The time left, estimated from the measured steps (and validations) so far."""
 
 
 ProgressCallback = Callable[[TrainingProgress], None]
@@ -157,10 +162,20 @@ def _new_run(
 
 
 class Trainer:
-    """One run: set up from its folder (new or resumed), then :meth:`run` trains it."""
+    """One run: set up from its folder (new or resumed), then :meth:`run` trains it.
+
+    Setting ``stop`` ends the run within one unit of work: a training step, a denoising step of
+    a validation (the validation is abandoned and redone on resume) or a batch of the latent
+    cache; then it checkpoints and returns.
+    """
 
     def __init__(
-        self, config: TrainConfig, settings: Settings, *, given: Mapping[str, Any] | None = None
+        self,
+        config: TrainConfig,
+        settings: Settings,
+        *,
+        given: Mapping[str, Any] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         from accelerate import Accelerator
 
@@ -169,6 +184,7 @@ class Trainer:
             raise ConfigError("--resume needs the run's --out folder (or its --profile / --photos)")
         self.started = time.monotonic()
         self.settings = settings
+        self.stop = stop or threading.Event()
         self.folder = RunFolder(
             Path(config.out).expanduser() if config.out else default_run_dir(config, settings)
         )
@@ -199,10 +215,15 @@ class Trainer:
         self.config = config
         self.record = self.folder.read()
         self._setup_models()
-        self._cache_inputs(class_images)
         self.step, self.best_step, self.best_similarity, self.elapsed_before = 0, None, None, 0.0
-        if config.resume:
+        if config.resume == "latest" and not list_checkpoints(self.folder.root):
+            logger.info("%s has no checkpoint yet: training from step 0", self.folder.root)
+            if accel.is_main_process:  # stopped (or killed) before its first checkpoint
+                self.folder.rewind(0)
+        elif config.resume:
             self._resume()
+        with self._threads():
+            self.cached = self._cache_inputs(class_images)
         self.validator = Validator(
             self.models,
             self.record.family,
@@ -210,7 +231,10 @@ class Trainer:
             analyzer,
             self.record.reference,
             config,
+            self.stop,
         )
+        self.estimate = Estimate(config)
+        self.abandoned_validation = False
 
     # Setup
 
@@ -254,8 +278,11 @@ class Trainer:
             models.text_encoders = [accel.prepare(e) for e in models.text_encoders]
         self.models = models
 
-    def _cache_inputs(self, class_images: list[np.ndarray] | None) -> None:
-        """Latents of every jittered crop (and class image), embeddings of every caption."""
+    def _cache_inputs(self, class_images: list[np.ndarray] | None) -> bool:
+        """Latents of every jittered crop (and class image), embeddings of every caption.
+
+        Returns ``False`` when ``stop`` was set meanwhile (the caches are then incomplete).
+        """
         config, models, device = self.config, self.models, self.accelerator.device
         crops = self.folder.crops()
         self.n_photos = len(crops)
@@ -264,12 +291,15 @@ class Trainer:
             for i, crop in enumerate(crops)
             for v in variants(crop, config.augment_variants, seed=config.seed * 100_003 + i)
         ]
-        self.latents = caching.encode_latents(models.vae, jittered, device)
+        self.latents = caching.encode_latents(models.vae, jittered, device, self.stop)
         prompts = [caption(config.trigger, config.class_word, tags) for tags in self.record.tags]
         self.class_latents = None
-        if class_images is not None:
-            self.class_latents = caching.encode_latents(models.vae, class_images, device)
+        if class_images is not None and self.latents is not None:
+            self.class_latents = caching.encode_latents(models.vae, class_images, device, self.stop)
             prompts.append(f"a photo of a {config.class_word}")
+        if self.latents is None or (class_images is not None and self.class_latents is None):
+            models.vae.to("cpu")
+            return False
         self.text = caching.encode_prompts(
             models.tokenizers,
             models.text_encoders,
@@ -278,6 +308,7 @@ class Trainer:
             frozen=not config.train_text_encoder,
         )
         models.vae.to("cpu")
+        return True
 
     def _resume(self) -> None:
         """Weights, optimizer and schedule from a checkpoint; what came after it is forgotten."""
@@ -296,6 +327,18 @@ class Trainer:
         logger.info("resumed from %s at step %d", path, self.step)
 
     # Helpers
+
+    @contextmanager
+    def _threads(self) -> Iterator[None]:
+        """Torch CPU threads fitted to the model set while the run computes (then restored)."""
+        n = torch_threads(select_model_set(self.record.model_set), self.settings.torch_device())
+        before = torch.get_num_threads()
+        if n is not None:
+            torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def _unwrapped(self) -> tuple[torch.nn.Module, list[torch.nn.Module]]:
         unwrap = self.accelerator.unwrap_model
@@ -421,15 +464,25 @@ class Trainer:
             ),
             self.optimizer.state_dict(),
             lambda folder: save_lora(folder, unet, encoders, meta),
+            keep=self.config.checkpoints_total_limit,
         )
         self.folder.keep_best(self.best_step)
         rotate(self.folder.root, self.config.checkpoints_total_limit)
 
-    def validate(self) -> float:
-        """Generate and score; a new best similarity keeps this step's LoRA as the best."""
+    def validate(self) -> float | None:
+        """Generate and score; a new best similarity keeps this step's LoRA as the best.
+
+        Returns ``None`` when ``stop`` abandoned it: nothing is recorded, and a resume from
+        this step's checkpoint validates it again.
+        """
         unet, encoders = self._unwrapped()
+        started = time.monotonic()
         with self.accelerator.autocast():
             result = self.validator.run(unet, self.folder.validation_dir(self.step), self.step)
+        if result is None:
+            self.abandoned_validation = True
+            return None
+        self.estimate.validations.append(time.monotonic() - started)
         self.folder.append(
             {
                 "kind": "validation",
@@ -447,27 +500,35 @@ class Trainer:
 
     # The loop
 
-    def run(
-        self, stop: threading.Event | None = None, on_progress: ProgressCallback | None = None
-    ) -> TrainingResult:
+    def run(self, on_progress: ProgressCallback | None = None) -> TrainingResult:
         """Train to ``--steps`` or until ``stop`` is set (then checkpoint and return)."""
+        with self._threads():
+            return self._run(on_progress)
+
+    def _run(self, on_progress: ProgressCallback | None) -> TrainingResult:
         from tqdm.auto import tqdm
 
-        config, accel = self.config, self.accelerator
-        stop = stop or threading.Event()
+        config, accel, stop = self.config, self.accelerator, self.stop
+        if not self.cached:  # stopped while caching: nothing trained in this session
+            return self._finish(interrupted=True)
         bar = tqdm(
             total=config.steps,
             initial=self.step,
             desc="training",
             unit="step",
             disable=not accel.is_local_main_process,
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
         )
         self.models.unet.train()
         if config.train_text_encoder:
             for encoder in self.models.text_encoders:
                 encoder.train()
+        if accel.is_main_process and self._validation_missing():  # abandoned before the resume
+            self.validate()
         while self.step < config.steps and not stop.is_set():
+            started = time.monotonic()
             loss = self._update()
+            self.estimate.steps.append(time.monotonic() - started)
             lr = self.lr_scheduler.get_last_lr()[0]
             similarity = None
             if accel.is_main_process:
@@ -480,20 +541,43 @@ class Trainer:
                         "elapsed_s": round(self._elapsed(), 3),
                     }
                 )
-                every = config.validate_every
-                if every and (self.step % every == 0 or self.step == config.steps):
+                if self._validates(self.step):
                     similarity = self.validate()
             if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                 self.checkpoint()
             accel.wait_for_everyone()
+            left = self.estimate.remaining(self.step)
+            postfix = {"loss": f"{loss:.4f}"}
+            if left is not None:
+                postfix["left"] = f"~{duration(left)}"
+            bar.set_postfix(postfix, refresh=False)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            if len(self.estimate.steps) == 1:
+                logger.info(
+                    "first step %.1f s: about %s for the %d steps left",
+                    self.estimate.steps[0],
+                    duration(left or 0.0),
+                    config.steps - self.step,
+                )
             if on_progress is not None:
                 on_progress(
-                    TrainingProgress(self.step, config.steps, loss, lr, self._elapsed(), similarity)
+                    TrainingProgress(
+                        self.step, config.steps, loss, lr, self._elapsed(), similarity, left
+                    )
                 )
         bar.close()
-        return self._finish(interrupted=self.step < config.steps)
+        return self._finish(interrupted=self.step < config.steps or self.abandoned_validation)
+
+    def _validates(self, step: int) -> bool:
+        every = self.config.validate_every
+        return bool(every) and step > 0 and (step % every == 0 or step == self.config.steps)
+
+    def _validation_missing(self) -> bool:
+        """This step validates but has no validation record: one was abandoned here."""
+        if not self._validates(self.step):
+            return False
+        done = (r["step"] for r in self.folder.records() if r["kind"] == "validation")
+        return self.step not in done
 
     def _finish(self, interrupted: bool) -> TrainingResult:
         """A checkpoint at the last step; then, unless stopped, the exported, registered LoRA."""
@@ -590,7 +674,7 @@ def train(
 
     ``given`` holds the flags the user set on purpose; a resumed run checks them against its own.
     """
-    return Trainer(config, settings, given=given).run(stop, on_progress)
+    return Trainer(config, settings, given=given, stop=stop).run(on_progress)
 
 
 def _register(folder: RunFolder, config: TrainConfig, settings: Settings, meta) -> str:

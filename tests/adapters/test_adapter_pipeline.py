@@ -29,11 +29,16 @@ from adapters import (
 )
 from adapters.loader import COMPONENTS
 from adapters.synthetic import synthetic_state_dict, write_checkpoint
+from adapters.wplus_loader import COMPONENTS as WPLUS_COMPONENTS
 
 
 def stock_components(components: dict) -> dict:
     """A portrait pipeline's components that diffusers' own StableDiffusionPipeline takes."""
-    return {k: v for k, v in components.items() if k not in (*COMPONENTS, "controlnet")}
+    return {
+        k: v
+        for k, v in components.items()
+        if k not in (*COMPONENTS, *WPLUS_COMPONENTS, "controlnet")
+    }
 
 
 SD15_FAMILIES = ("faceid-sd15", "faceid-plusv2-sd15")
@@ -411,8 +416,9 @@ def test_encode_identity_shapes_negatives_and_multiple_references(sd15_pipe, emb
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        (lambda e: 2 * e, r"L2-normalised \(norm 1\), got norms \[2"),
-        (lambda e: e * float("nan"), "finite and L2-normalised"),
+        (lambda e: torch.cat([e, 2 * e]), r"mix unit-norm and raw rows \(norms \[1, 2"),
+        (lambda e: e * float("nan"), "finite and non-zero"),
+        (lambda e: e * 0, "finite and non-zero"),
         (lambda e: (e * 100).long(), "float tensor"),
         (lambda e: e[None], r"must be \[num_refs, 512\]"),
         (lambda e: e[:0], r"must be \[num_refs, 512\]"),

@@ -8,16 +8,21 @@ import pytest
 
 from studio.faces.align import (
     ARCFACE_TEMPLATE_112,
+    E4E_MIN_QUAD_SIDE,
     HEAD_CROP_FACE_FRACTION,
     align_face,
     align_ffhq,
+    align_ffhq_quad,
     arcface_template,
     estimate_similarity,
+    ffhq_points_from_kps,
+    ffhq_points_from_mesh,
     ffhq_quad,
     paste_back,
     transform_points,
 )
 from studio.faces.detect import YuNetDetector
+from studio.faces.mesh import FaceMesher
 
 # insightface's estimate_norm calls scikit-image's deprecated SimilarityTransform.estimate.
 insightface_reference = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -290,3 +295,128 @@ def _crop_coordinates(shape: tuple[int, ...], matrix: np.ndarray, size: int) -> 
 
 def _within(coordinates: np.ndarray, low, high) -> np.ndarray:
     return ((coordinates >= low) & (coordinates <= high)).all(axis=2)
+
+
+def _published_alignment(shape, points, output_size, enable_padding=True):
+    """``recreate_aligned_images`` (NVlabs/ffhq-dataset) re-derived from its published formulas:
+    the final quad in photo pixels, through the shrink (PIL resize to rounded sizes), crop and
+    pad steps, and whether it shrank and padded."""
+    eye_left, eye_right, mouth_left, mouth_right = np.asarray(points, dtype=np.float64)
+    eye_avg = (eye_left + eye_right) * 0.5
+    eye_to_eye = eye_right - eye_left
+    mouth_avg = (mouth_left + mouth_right) * 0.5
+    eye_to_mouth = mouth_avg - eye_avg
+    x = eye_to_eye - np.flipud(eye_to_mouth) * [-1, 1]
+    x /= np.hypot(*x)
+    x *= max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
+    y = np.flipud(x) * [-1, 1]
+    c = eye_avg + eye_to_mouth * 0.1
+    quad = np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
+    qsize = np.hypot(*x) * 2
+    size = (shape[1], shape[0])
+    resize = (1.0, 1.0)
+    shrink = int(np.floor(qsize / output_size * 0.5))
+    if shrink > 1:
+        rsize = (int(np.rint(float(size[0]) / shrink)), int(np.rint(float(size[1]) / shrink)))
+        resize = (size[0] / rsize[0], size[1] / rsize[1])
+        size = rsize
+        quad /= shrink
+        qsize /= shrink
+    border = max(int(np.rint(qsize * 0.1)), 3)
+    crop = (
+        int(np.floor(min(quad[:, 0]))),
+        int(np.floor(min(quad[:, 1]))),
+        int(np.ceil(max(quad[:, 0]))),
+        int(np.ceil(max(quad[:, 1]))),
+    )
+    crop = (
+        max(crop[0] - border, 0),
+        max(crop[1] - border, 0),
+        min(crop[2] + border, size[0]),
+        min(crop[3] + border, size[1]),
+    )
+    offset = np.zeros(2)
+    if crop[2] - crop[0] < size[0] or crop[3] - crop[1] < size[1]:
+        size = (crop[2] - crop[0], crop[3] - crop[1])
+        quad -= crop[0:2]
+        offset += crop[0:2]
+    pad = (
+        int(np.floor(min(quad[:, 0]))),
+        int(np.floor(min(quad[:, 1]))),
+        int(np.ceil(max(quad[:, 0]))),
+        int(np.ceil(max(quad[:, 1]))),
+    )
+    pad = (
+        max(-pad[0] + border, 0),
+        max(-pad[1] + border, 0),
+        max(pad[2] - size[0] + border, 0),
+        max(pad[3] - size[1] + border, 0),
+    )
+    padded = enable_padding and max(pad) > border - 4
+    if padded:
+        pad = np.maximum(pad, int(np.rint(qsize * 0.3)))
+        quad += pad[:2]
+        offset -= pad[:2]
+    # Back to photo pixels: undo pad and crop, then PIL's resize (pixel edges onto edges).
+    quad = quad + offset
+    quad = (quad + 0.5) * resize - 0.5
+    return quad, shrink > 1, padded
+
+
+@pytest.fixture(scope="module")
+def meshes(faces_dir) -> list[np.ndarray]:
+    with FaceMesher() as mesher:
+        return [mesher.landmarks(_read_rgb(path)) for path in sorted(faces_dir.glob("*.jpg"))]
+
+
+@pytest.mark.parametrize("source", ["kps", "mesh"])
+def test_ffhq_quad_alignment_matches_the_published_recipe(portraits, meshes, source):
+    size = 256
+    cases = []
+    for (image, kps), mesh in zip(portraits, meshes, strict=True):
+        points = ffhq_points_from_kps(kps) if source == "kps" else ffhq_points_from_mesh(mesh)
+        cases.append((image, points))
+        # A 3x photo takes the shrink step; a tight cut around the face takes the padding.
+        big = cv2.resize(image, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+        cases.append((big, (points + 0.5) * 3 - 0.5))
+        x0, y0 = np.floor(points.min(axis=0)).astype(int) - 10
+        cases.append((image[max(y0, 0) :, max(x0, 0) :], points - np.maximum([x0, y0], 0)))
+    steps = set()
+    for image, points in cases:
+        aligned = align_ffhq_quad(image, points, size)
+        quad, shrunk, padded = _published_alignment(image.shape, points, size)
+        steps.add((shrunk, padded))
+        corners = np.array([[0, 0], [0, size], [size, size], [size, 0]]) - 0.5
+        np.testing.assert_allclose(transform_points(corners, aligned.inverse), quad, atol=0.5)
+        assert aligned.image.shape == (size, size, 3)
+    assert {shrunk for shrunk, _ in steps} == {True, False}
+    assert {padded for _, padded in steps} == {True, False}
+
+
+def test_ffhq_mesh_points_are_the_eye_contour_means_and_mouth_corners(portraits, meshes):
+    for (_, kps), mesh in zip(portraits, meshes, strict=True):
+        points = ffhq_points_from_mesh(mesh)
+        # The mesh's eye centres and mouth corners sit near the detector's, on the same sides.
+        eye_distance = np.hypot(*(kps[1] - kps[0]))
+        assert np.abs(points - ffhq_points_from_kps(kps)).max() < 0.25 * eye_distance
+    with pytest.raises(ValueError, match="face mesh"):
+        ffhq_points_from_mesh(np.zeros((5, 2)))
+
+
+def test_ffhq_padding_reflects_and_fades_beyond_the_photo(portraits):
+    image, kps = portraits[0]
+    points = ffhq_points_from_kps(kps)
+    x0, y0 = np.floor(points.min(axis=0)).astype(int) - 10
+    tight, points = image[y0:, x0:], points - [x0, y0]
+    padded = align_ffhq_quad(tight, points, 64)
+    black = align_ffhq_quad(tight, points, 64, padding=False)
+    assert black.image[:4, :4].max() == 0
+    assert padded.image[:4, :4].mean() > 10
+    np.testing.assert_allclose(padded.matrix, black.matrix)
+    with pytest.raises(ValueError, match="transform_size"):
+        align_ffhq_quad(image, points, 256, transform_size=128)
+    small = (points - points.mean(axis=0)) * 0.1 + points.mean(axis=0)
+    with pytest.raises(ValueError, match="too small"):
+        align_ffhq_quad(image, small, 256, min_quad_side=E4E_MIN_QUAD_SIDE)
+    with pytest.raises(ValueError, match="coincide"):
+        align_ffhq_quad(image, np.ones((4, 2)), 256)

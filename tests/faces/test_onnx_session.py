@@ -13,6 +13,7 @@ from studio.faces.onnx_session import (
     ModelFormatError,
     available_providers,
     create_session,
+    face_providers,
     select_providers,
 )
 from studio.settings import load_settings
@@ -52,6 +53,7 @@ def test_faces_device_setting_forces_the_cpu_and_is_checked(studio_env):
     assert load_settings(env={}).faces_device == "auto"
     settings = load_settings(env={"STUDIO_FACES_DEVICE": "cpu", "STUDIO_DEVICE": "cuda"})
     assert (settings.device, settings.faces_device) == ("cuda", "cpu")
+    assert face_providers(settings) == [CPU]
     with pytest.raises(ConfigError, match="faces_device 'gpu' is not supported"):
         load_settings(env={"STUDIO_FACES_DEVICE": "gpu"})
 

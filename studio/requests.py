@@ -1,0 +1,72 @@
+"""What a portrait request asks for and the identity it is made of: the studio's and the stages'
+shared types."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from studio.errors import StudioError
+from studio.faces.encoders import IdentityEmbedding
+from studio.limits import (
+    MAX_GUIDANCE,
+    MAX_IDENTITY_SCALE,
+    MAX_IMAGES,
+    MAX_SEED,
+    MAX_STEPS,
+    check_range,
+)
+from studio.profiles.types import ProfileLora
+
+
+@dataclass(frozen=True)
+class PortraitRequest:
+    """What a person asks for. ``prompt`` alone is a free prompt; with ``style`` it is added
+    to the style's. ``{subject}`` in a free prompt marks where the person goes (else first)."""
+
+    profile: str
+    style: str | None = None
+    prompt: str = ""
+    negative_prompt: str = ""
+    pose: str | Path | None = None
+    num_images: int = 1
+    seed: int = 0
+    steps: int | None = None
+    guidance: float | None = None
+    identity_scale: float | None = None
+    use_lora: bool = True
+    stages: tuple[str, ...] = ()
+    """Registered stages (:mod:`studio.stages`) to run on every image, in this order."""
+
+    def validate(self) -> None:
+        """Raise a :class:`StudioError` naming the first unusable field and its range."""
+        if not self.profile.strip():
+            raise StudioError("choose a profile (create one from photos first)")
+        if not self.style and not self.prompt.strip():
+            raise StudioError("choose a style or write a prompt")
+        check_range("number of images", self.num_images, 1, MAX_IMAGES)
+        check_range("seed", self.seed, 0, MAX_SEED)
+        if self.steps is not None:
+            check_range("steps", self.steps, 1, MAX_STEPS)
+        if self.guidance is not None:
+            check_range("guidance", self.guidance, 0, MAX_GUIDANCE)
+        if self.identity_scale is not None:
+            check_range("identity strength", self.identity_scale, 0, MAX_IDENTITY_SCALE)
+
+
+@dataclass(frozen=True, eq=False)
+class Identity:
+    """A profile made ready for generation and scoring."""
+
+    profile: str
+    encoder: str
+    embeds: torch.Tensor
+    reference: IdentityEmbedding
+    lora: ProfileLora | None
+    subject: str
+    keypoints_photo: Path
+    encodings: Mapping[str, IdentityEmbedding] = field(default_factory=dict)
+    """The mean embedding of the accepted photos per encoder (the adapter's and the scorer's)."""
