@@ -12,8 +12,10 @@ layout for it is written here.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Real
+from typing import Any
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -106,3 +108,17 @@ def _check_block_names(unet: UNet2DConditionModel, scale: dict, what: str) -> No
                     f"{what} for {part}.{block}: this UNet's {part} blocks with attention "
                     f"are {with_attention}"
                 )
+
+
+def check_components(pipeline: Any, names: Sequence[str], adapter: str) -> None:
+    """Raise unless ``pipeline``'s class accepts the components ``names`` (for ``adapter``), so
+    that ``save_pretrained``, ``from_pretrained`` and CPU offload see them."""
+    cls = type(pipeline)
+    expected, _ = cls._get_signature_keys(pipeline)
+    missing = [name for name in names if name not in expected]
+    if missing:
+        raise TypeError(
+            f"{cls.__name__}.__init__ must accept {', '.join(f'{n}=None' for n in missing)} "
+            f"and list {missing} in _optional_components, so that save_pretrained, "
+            f"from_pretrained and CPU offload see the {adapter}"
+        )

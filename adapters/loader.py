@@ -58,6 +58,7 @@ from adapters.formats import (
 from adapters.layout import (
     AttentionLayer,
     attention_layers,
+    check_components,
     check_scale,
     denoiser,
     layer_scales,
@@ -475,15 +476,8 @@ class IdentityAdapterMixin:
             super().unload_ip_adapter()
 
     def _check_identity_pipeline_class(self) -> None:
+        check_components(self, COMPONENTS, "identity adapter")
         cls = type(self)
-        expected, _ = cls._get_signature_keys(self)
-        missing = [name for name in COMPONENTS if name not in expected]
-        if missing:
-            raise TypeError(
-                f"{cls.__name__}.__init__ must accept {', '.join(f'{n}=None' for n in missing)} "
-                f"and list {missing} in _optional_components, so that save_pretrained, "
-                "from_pretrained and CPU offload see the identity adapter"
-            )
         if cls.__mro__.index(IdentityAdapterMixin) > cls.__mro__.index(DiffusionPipeline):
             raise TypeError(
                 f"list IdentityAdapterMixin before DiffusionPipeline in {cls.__name__}'s bases"

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adapters.layout import attention_layers, check_scale, denoiser
+from adapters.layout import attention_layers, check_components, check_scale, denoiser
 from adapters.stack import STATE_KEY, ContributionInput, PortraitAttnProcessor
 from adapters.wplus import (
     W_DIM,
@@ -84,7 +84,7 @@ class WPlusAdapterMixin:
         Every weight is checked against this pipeline's UNet before anything changes; a loaded
         W+ adapter is replaced, other contributions (the identity adapter) stay.
         """
-        self._check_wplus_pipeline_class()
+        check_components(self, COMPONENTS, "W+ adapter")
         check_scale(scale, "W+ scale")
         source = pretrained if isinstance(pretrained, Mapping) else Path(pretrained)
         projection, attention = wplus_modules(
@@ -207,17 +207,6 @@ class WPlusAdapterMixin:
         changed = {"wplus_attn", "unet", "transformer"} & set(kwargs)
         if changed and hasattr(self, "wplus_attn"):
             self._sync_wplus()
-
-    def _check_wplus_pipeline_class(self) -> None:
-        cls = type(self)
-        expected, _ = cls._get_signature_keys(self)
-        missing = [name for name in COMPONENTS if name not in expected]
-        if missing:
-            raise TypeError(
-                f"{cls.__name__}.__init__ must accept {', '.join(f'{n}=None' for n in missing)} "
-                f"and list {missing} in _optional_components, so that save_pretrained, "
-                "from_pretrained and CPU offload see the W+ adapter"
-            )
 
     def _wplus_contributions(self) -> list[WPlusContribution]:
         return [

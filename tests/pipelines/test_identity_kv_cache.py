@@ -6,38 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from portrait_helpers import condition, generate, make_controlnet, unit_embeds
+from portrait_helpers import condition, generate, unit_embeds
 
-from adapters import write_checkpoint
 from adapters.stack import STATE_KEY, AttentionCallState, ContributionInput
-from pipelines import PortraitPipeline, PortraitXLPipeline
-from studio.models.tiny import built_path
 
 STEPS = 3
-
-
-def _load(cls, path, **components):
-    pipe = cls.from_pretrained(path, **components)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def sd15_faceid(tiny_models_dir, tmp_path_factory) -> PortraitPipeline:
-    pipe = _load(PortraitPipeline, built_path(tiny_models_dir, "tiny-sd15"))
-    path = tmp_path_factory.mktemp("kv") / "faceid-sd15.bin"
-    pipe.load_identity_adapter(write_checkpoint("faceid-sd15", path, unet=pipe.unet))
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def sdxl_instantid(tiny_models_dir, tmp_path_factory) -> PortraitXLPipeline:
-    path = built_path(tiny_models_dir, "tiny-sdxl")
-    plain = _load(PortraitXLPipeline, path)
-    pipe = _load(PortraitXLPipeline, path, identitynet=make_controlnet(plain.unet, seed=1))
-    checkpoint = tmp_path_factory.mktemp("kv") / "ip-adapter.bin"
-    pipe.load_identity_adapter(write_checkpoint("instantid", checkpoint, unet=pipe.unet))
-    return pipe
 
 
 def _identity(pipe) -> dict:

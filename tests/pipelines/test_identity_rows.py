@@ -6,50 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from portrait_helpers import condition, generate, make_controlnet, unit_embeds
-
-from adapters import write_checkpoint
-from pipelines import PortraitPipeline, PortraitXLPipeline
-from studio.models.tiny import built_path
+from portrait_helpers import condition, generate, unit_embeds
 
 #: Largest difference between a row of the batch and its separate run (CPU, fp32).
 ROW_TOLERANCE = 1e-5
-
-
-def _load(cls, path, **components):
-    pipe = cls.from_pretrained(path, **components)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def sd15_faceid(tiny_models_dir, tmp_path_factory) -> PortraitPipeline:
-    pipe = _load(PortraitPipeline, built_path(tiny_models_dir, "tiny-sd15"))
-    path = tmp_path_factory.mktemp("rows") / "faceid-sd15.bin"
-    pipe.load_identity_adapter(write_checkpoint("faceid-sd15", path, unet=pipe.unet))
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def sdxl_path(tiny_models_dir):
-    return built_path(tiny_models_dir, "tiny-sdxl")
-
-
-@pytest.fixture(scope="module")
-def sdxl_faceid(sdxl_path, tmp_path_factory) -> PortraitXLPipeline:
-    pipe = _load(PortraitXLPipeline, sdxl_path)
-    path = tmp_path_factory.mktemp("rows") / "faceid-sdxl.bin"
-    pipe.load_identity_adapter(write_checkpoint("faceid-sdxl", path, unet=pipe.unet))
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def sdxl_instantid(sdxl_path, tmp_path_factory) -> PortraitXLPipeline:
-    plain = _load(PortraitXLPipeline, sdxl_path)
-    pipe = _load(PortraitXLPipeline, sdxl_path, identitynet=make_controlnet(plain.unet, seed=1))
-    path = tmp_path_factory.mktemp("rows") / "ip-adapter.bin"
-    pipe.load_identity_adapter(write_checkpoint("instantid", path, unet=pipe.unet))
-    return pipe
 
 
 def _latents(pipe, seed: int) -> torch.Tensor:
