@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from portrait_helpers import make_controlnet
+from portrait_helpers import load_pipeline, make_controlnet
 
 from adapters import write_checkpoint
 from pipelines import PortraitPipeline, PortraitXLPipeline
 from studio.models.tiny import built_path
-
-
-def load_pipeline(cls, path, **components):
-    pipe = cls.from_pretrained(path, **components)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")

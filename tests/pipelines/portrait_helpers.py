@@ -38,3 +38,10 @@ def condition(seed: int, height: int = 64, width: int = 64) -> np.ndarray:
 def unit_embeds(num_refs: int, seed: int = 0) -> torch.Tensor:
     embeds = torch.randn(num_refs, 512, generator=torch.Generator().manual_seed(seed))
     return torch.nn.functional.normalize(embeds, dim=-1)
+
+
+def load_pipeline(cls, path, **components):
+    """``cls.from_pretrained(path, **components)`` without progress bars."""
+    pipe = cls.from_pretrained(path, **components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

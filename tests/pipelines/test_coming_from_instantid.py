@@ -16,17 +16,11 @@ from diffusers import (
     StableDiffusionXLControlNetPipeline,
     UNet2DConditionModel,
 )
-from portrait_helpers import condition, generate, make_controlnet, unit_embeds
+from portrait_helpers import condition, generate, load_pipeline, make_controlnet, unit_embeds
 
 from adapters import write_checkpoint, write_identitynet
 from pipelines import PortraitPipeline, PortraitXLPipeline
 from studio.models.tiny import built_path
-
-
-def load(cls, path, **components):
-    pipe = cls.from_pretrained(path, **components)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +29,8 @@ def sd15_path(tiny_models_dir):
 
 
 @pytest.fixture(scope="module")
-def sdxl_path(tiny_models_dir):
-    return built_path(tiny_models_dir, "tiny-sdxl")
-
-
-@pytest.fixture(scope="module")
 def faceid_pipe(sd15_path, tmp_path_factory) -> PortraitPipeline:
-    pipe = load(PortraitPipeline, sd15_path)
+    pipe = load_pipeline(PortraitPipeline, sd15_path)
     path = tmp_path_factory.mktemp("faceid") / "ip-adapter-faceid_sd15.bin"
     pipe.load_identity_adapter(write_checkpoint("faceid-sd15", path, unet=pipe.unet))
     return pipe
@@ -64,7 +53,7 @@ def identitynet_path(sdxl_unet, tmp_path_factory):
 @pytest.fixture(scope="module")
 def instantid_pipe(sdxl_path, identitynet_path, tmp_path_factory) -> PortraitXLPipeline:
     """InstantID as the reference loads it: the IdentityNet passed as `controlnet=`."""
-    pipe = load(
+    pipe = load_pipeline(
         PortraitXLPipeline, sdxl_path, controlnet=ControlNetModel.from_pretrained(identitynet_path)
     )
     path = tmp_path_factory.mktemp("instantid") / "ip-adapter.bin"
@@ -121,7 +110,7 @@ def test_an_identitynet_from_an_unnamed_folder_is_not_run_silently(
 
 def test_sd15_refuses_the_identitynet(sd15_path, identitynet_path):
     with pytest.raises(ValueError, match="IdentityNet is an SDXL net.*PortraitXLPipeline"):
-        load(
+        load_pipeline(
             PortraitPipeline,
             sd15_path,
             controlnet=ControlNetModel.from_pretrained(identitynet_path),
@@ -260,16 +249,16 @@ OPTIONS = [
 def sd15_controlnet_pair(sd15_path):
     """Ours and diffusers' ControlNet pipeline on one ControlNet, and our image without options."""
     net = make_controlnet(UNet2DConditionModel.from_pretrained(sd15_path, subfolder="unet"), 1)
-    ours = load(PortraitPipeline, sd15_path, controlnet=net)
-    theirs = load(StableDiffusionControlNetPipeline, sd15_path, controlnet=net)
+    ours = load_pipeline(PortraitPipeline, sd15_path, controlnet=net)
+    theirs = load_pipeline(StableDiffusionControlNetPipeline, sd15_path, controlnet=net)
     return ours, theirs, generate(ours, control_image=MESH, num_inference_steps=3)
 
 
 @pytest.fixture(scope="module")
 def sdxl_controlnet_pair(sdxl_path, sdxl_unet):
     net = make_controlnet(sdxl_unet, seed=2)
-    ours = load(PortraitXLPipeline, sdxl_path, controlnet=net)
-    theirs = load(StableDiffusionXLControlNetPipeline, sdxl_path, controlnet=net)
+    ours = load_pipeline(PortraitXLPipeline, sdxl_path, controlnet=net)
+    theirs = load_pipeline(StableDiffusionXLControlNetPipeline, sdxl_path, controlnet=net)
     return ours, theirs, generate(ours, control_image=MESH, num_inference_steps=3)
 
 
@@ -302,9 +291,9 @@ def test_identitynet_follows_the_guidance_window(instantid_pipe):
 
 def test_reference_loader_loads_instantid_at_the_reference_scale(sdxl_path, sdxl_unet, tmp_path):
     checkpoint = write_checkpoint("instantid", tmp_path / "ip-adapter.bin", unet=sdxl_unet)
-    reference_style = load(PortraitXLPipeline, sdxl_path)
+    reference_style = load_pipeline(PortraitXLPipeline, sdxl_path)
     reference_style.load_ip_adapter_instantid(checkpoint)
-    ours = load(PortraitXLPipeline, sdxl_path)
+    ours = load_pipeline(PortraitXLPipeline, sdxl_path)
     ours.load_identity_adapter(checkpoint)
     embeds = unit_embeds(1)
     np.testing.assert_array_equal(
