@@ -51,8 +51,8 @@ def load_state_dict(path: str | Path, device: str = "cpu") -> dict:
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError(
             f"checkpoint {path} contains pickled Python objects, not just tensors; it was not "
-            "loaded because unpickling can run arbitrary code. Use a .safetensors file, or "
-            "convert this one in a trusted sandbox."
+            "loaded (torch.load weights_only=True) because unpickling can run arbitrary code. "
+            "Use a .safetensors file, or convert this one in a trusted sandbox."
         ) from exc
     except (RuntimeError, EOFError) as exc:
         raise CheckpointError(
@@ -60,7 +60,5 @@ def load_state_dict(path: str | Path, device: str = "cpu") -> dict:
             "truncated: download it again"
         ) from exc
     if not isinstance(data, dict):
-        raise UnsafeCheckpointError(
-            f"checkpoint {path} holds a {type(data).__name__}, not a state dict"
-        )
+        raise CheckpointError(f"checkpoint {path} holds a {type(data).__name__}, not a state dict")
     return data

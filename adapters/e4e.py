@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adapters.checkpoint import CheckpointError, load_state_dict
 from adapters.stylegan2 import EqualLinear, StyleGAN2Config, StyleGAN2Generator
 
 #: Units per IR-SE50 stage, and the stages' published widths.
@@ -203,43 +204,36 @@ class E4E(nn.Module):
 def read_e4e_checkpoint(path: str | Path) -> dict:
     """Load ``e4e_ffhq_encode.pt`` (or a file of the same layout) safely and check its kind.
 
-    Returns the dict with ``state_dict``, ``opts`` and ``latent_avg``. Raises ``ValueError``
-    naming the file when it cannot be read with ``weights_only=True`` or is not an e4e file.
+    Returns the dict with ``state_dict``, ``opts`` and ``latent_avg``. Raises a
+    :class:`~adapters.checkpoint.CheckpointError` naming the file when it cannot be read with
+    ``weights_only=True`` or is not an e4e file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"e4e checkpoint {path} does not exist; place e4e_ffhq_encode.pt")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any unpickling failure means the same to the user
-        raise ValueError(
-            f"cannot read e4e checkpoint {path} safely (torch.load weights_only=True): {error}. "
-            "Use the published e4e_ffhq_encode.pt, whose opts are a plain dict; a file holding "
-            "pickled objects is refused"
-        ) from error
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise ValueError(
+    checkpoint = load_state_dict(path)
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(
             f"{path} is not an e4e checkpoint: expected a dict with 'state_dict' "
-            f"(encoder.* / decoder.*), 'opts' and 'latent_avg'; found "
-            f"{sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint)}"
+            f"(encoder.* / decoder.*), 'opts' and 'latent_avg'; found {sorted(checkpoint)[:8]}"
         )
     state = checkpoint["state_dict"]
     for prefix in ("encoder.", "decoder."):
         if not any(k.startswith(prefix) for k in state):
-            raise ValueError(
+            raise CheckpointError(
                 f"{path} is not an e4e checkpoint: its state_dict has no {prefix}* weights "
                 "(a pSp, StyleGAN-only or ReStyle file has a different layout)"
             )
     opts = checkpoint.get("opts", {})
     if not isinstance(opts, dict):
-        raise ValueError(f"{path}: 'opts' must be a plain dict, got {type(opts).__name__}")
+        raise CheckpointError(f"{path}: 'opts' must be a plain dict, got {type(opts).__name__}")
     encoder_type = opts.get("encoder_type", "Encoder4Editing")
     if encoder_type != "Encoder4Editing":
-        raise ValueError(
+        raise CheckpointError(
             f"{path} holds a {encoder_type} encoder; only Encoder4Editing (e4e) is supported"
         )
     if not isinstance(checkpoint.get("latent_avg"), torch.Tensor):
-        raise ValueError(f"{path} has no 'latent_avg' tensor; e4e adds it to every W+")
+        raise CheckpointError(f"{path} has no 'latent_avg' tensor; e4e adds it to every W+")
     return checkpoint
 
 

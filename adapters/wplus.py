@@ -31,6 +31,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from adapters.checkpoint import CheckpointError, load_state_dict
 from adapters.layout import attention_layers
 from adapters.stack import Contribution, ContributionInput, Stage, token_attention
 
@@ -201,17 +202,12 @@ def read_wplus_adapter(source: str | Path | Mapping) -> dict[str, dict[str, torc
         name = str(path)
         if not path.is_file():
             raise FileNotFoundError(f"W+ adapter {path} does not exist; place wplus_adapter.bin")
-        try:
-            source = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # any unpickling failure means the same to the user
-            raise ValueError(
-                f"cannot read W+ adapter {path} safely (torch.load weights_only=True): {error}"
-            ) from error
+        source = load_state_dict(path)
     if not isinstance(source, Mapping) or not all(
         isinstance(source.get(k), Mapping) for k in ("w_proj", "wplus_adapter")
     ):
         found = sorted(source)[:6] if isinstance(source, Mapping) else type(source).__name__
-        raise ValueError(
+        raise CheckpointError(
             f"{name} is not a W+ adapter: expected a dict with 'w_proj' and 'wplus_adapter' "
             f"(the published wplus_adapter.bin), found {found}"
         )

@@ -195,7 +195,7 @@ def test_bad_checkpoints_fail_with_the_file_named(tmp_path, tiny_checkpoint):
         return path
 
     cases = {
-        "tensor.pt": (torch.zeros(3), "not an e4e checkpoint"),
+        "tensor.pt": (torch.zeros(3), "holds a Tensor, not a state dict"),
         "stylegan.pt": (
             {"state_dict": {k: v for k, v in state.items() if k.startswith("decoder.")}},
             "no encoder",
