@@ -9,7 +9,7 @@ import torch
 
 from adapters.e4e import E4E, E4EConfig
 from adapters.stylegan2 import StyleGAN2Config
-from adapters.wplus import WPlusAttention, WProjection
+from adapters.wplus import W_DIM, WPlusAttention, WProjection
 
 
 def write_e4e_checkpoint(
@@ -39,13 +39,14 @@ def write_e4e_checkpoint(
     return path
 
 
-def wplus_adapter_state_dict(model: torch.nn.Module, *, seed: int = 0) -> dict:
+def wplus_adapter_state_dict(model: torch.nn.Module, *, seed: int = 0, w_dim: int = W_DIM) -> dict:
     """A random ``wplus_adapter.bin`` dict for the denoiser ``model`` (a UNet) in the published
     keys: ``w_proj`` (``proj_0..3.weight``, ``norm.*``) and ``wplus_adapter`` (``"<layer
-    index>.to_{q,k,v}_wplus.weight"`` on cross-attention layers)."""
+    index>.to_{q,k,v}_wplus.weight"`` on cross-attention layers); ``w_dim`` is the width of W
+    (512 published, less for a scaled-down e4e)."""
     generator = torch.Generator().manual_seed(seed)
     attention = WPlusAttention.for_denoiser(model)
-    projection = WProjection(cross_attention_dim=attention.config.context_dims[0])
+    projection = WProjection(cross_attention_dim=attention.config.context_dims[0], w_dim=w_dim)
 
     def randomised(module: torch.nn.Module) -> dict[str, torch.Tensor]:
         state = {}

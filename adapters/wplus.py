@@ -230,7 +230,10 @@ def wplus_modules(
         raise ValueError(
             f"{type(model).__name__} has no cross-attention layers for the W+ adapter to act on"
         )
-    projection = WProjection(cross_attention_dim=attention.config.context_dims[0])
+    proj_0 = checkpoint["w_proj"].get("proj_0.weight")
+    # proj_0 reads W+ rows 0:4; a scaled-down W (tiny sets) has its own width
+    w_dim = proj_0.shape[1] // WPLUS_ROW_GROUPS[0] if isinstance(proj_0, torch.Tensor) else W_DIM
+    projection = WProjection(cross_attention_dim=attention.config.context_dims[0], w_dim=w_dim)
     for module, state, what in (
         (attention, checkpoint["wplus_adapter"], "wplus_adapter"),
         (projection, checkpoint["w_proj"], "w_proj"),

@@ -146,7 +146,7 @@ class WPlusAdapterMixin:
             )
         if wplus_scale is not None:
             check_scale(wplus_scale, "`wplus_scale`")
-        _wplus_batch(wplus, batch_size)
+        _wplus_batch(wplus, batch_size, self.wplus_projection.config.w_dim)
 
     @torch.no_grad()
     def encode_wplus(
@@ -166,7 +166,7 @@ class WPlusAdapterMixin:
         projection = getattr(self, "wplus_projection", None)
         if projection is None:
             raise ValueError("no W+ adapter is loaded: call load_wplus_adapter(...) first")
-        w_plus = _wplus_batch(wplus, batch_size)
+        w_plus = _wplus_batch(wplus, batch_size, projection.config.w_dim)
         repeats = num_images_per_prompt * (batch_size if len(w_plus) == 1 else 1)
         w_plus = w_plus.repeat_interleave(repeats, dim=0)
         w_plus = w_plus.to(device=projection.device, dtype=projection.dtype)
@@ -255,8 +255,8 @@ class WPlusAdapterMixin:
         self._install(self._with_wplus(component))
 
 
-def _wplus_batch(wplus: Any, batch_size: int) -> torch.Tensor:
-    """``wplus`` as float32 ``[1 or batch_size, 18, 512]``, checked."""
+def _wplus_batch(wplus: Any, batch_size: int, width: int = W_DIM) -> torch.Tensor:
+    """``wplus`` as float32 ``[1 or batch_size, 18, width]`` (512 published), checked."""
     rows = WPLUS_ROW_GROUPS[-1]
     if isinstance(wplus, np.ndarray) and np.issubdtype(wplus.dtype, np.floating):
         wplus = torch.from_numpy(np.array(wplus))
@@ -265,14 +265,14 @@ def _wplus_batch(wplus: Any, batch_size: int) -> torch.Tensor:
         if isinstance(wplus, (torch.Tensor, np.ndarray)):
             found += f" of {wplus.dtype}"
         raise TypeError(
-            f"`wplus` must be a float tensor or numpy array [{rows}, {W_DIM}] or "
-            f"[batch, {rows}, {W_DIM}] (e4e's W+), got {found}"
+            f"`wplus` must be a float tensor or numpy array [{rows}, {width}] or "
+            f"[batch, {rows}, {width}] (e4e's W+), got {found}"
         )
     if wplus.ndim == 2:
         wplus = wplus.unsqueeze(0)
-    if wplus.ndim != 3 or tuple(wplus.shape[1:]) != (rows, W_DIM):
+    if wplus.ndim != 3 or tuple(wplus.shape[1:]) != (rows, width):
         raise ValueError(
-            f"`wplus` must be [{rows}, {W_DIM}] or [batch, {rows}, {W_DIM}] (e4e's W+ of the "
+            f"`wplus` must be [{rows}, {width}] or [batch, {rows}, {width}] (e4e's W+ of the "
             f"aligned face, e.g. the profile's), got {list(wplus.shape)}"
         )
     if wplus.shape[0] not in (1, batch_size):

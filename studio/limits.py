@@ -10,6 +10,9 @@ MAX_SEED = 2**32 - 1
 MAX_STEPS = 200
 MAX_GUIDANCE = 30
 MAX_IDENTITY_SCALE = 1.5
+MAX_WPLUS_SCALE = 1.5
+MAX_EDIT_AMOUNT = 5.0
+"""Largest W+ edit amount either way (e4e's InterFaceGAN edits use about 3)."""
 MIN_SIDE = 64
 MAX_SIDE = 2048
 SIDE_MULTIPLE = 8

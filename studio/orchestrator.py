@@ -1,7 +1,8 @@
 """The studio: the one place that composes the stages into ranked portraits.
 
-identity (profile → adapter embeddings, the profile's LoRA) → generation (identity-adapter
-pipeline, optional landmark ControlNet from a pose reference, the LoRA) → the request's stages
+identity (profile → adapter embeddings, the profile's LoRA, its W+ with the request's edits when
+the model set has the W+ adapter) → generation (identity-adapter pipeline, the W+ adapter,
+optional landmark ControlNet from a pose reference, the LoRA) → the request's stages
 (face swap, attribute repair: registered in :mod:`studio.stages`, run under the GPU lock) →
 scoring (identity similarity by a recognizer the adapter was not trained on) → saving
 (watermarked PNG with ``parameters``, JSON sidecar, read back by :meth:`Studio.history`), only
@@ -33,13 +34,14 @@ import torch
 from PIL import Image
 
 from studio.errors import StudioError
-from studio.faces.analyzer import FaceAnalyzer, analyzer_from_settings
+from studio.faces.analyzer import DEFAULT_ENCODER, FaceAnalyzer, analyzer_from_settings
 from studio.faces.condition import pose_condition
 from studio.faces.encoders import IdentityEmbedding, mean_embedding
 from studio.host import ActiveLora, PipelineHost
 from studio.images import ImageLoadError, load_image
 from studio.models import select_model_set
 from studio.outputs import GenerationRecord, save_image
+from studio.profiles.errors import ProfileError
 from studio.profiles.library import ProfileLibrary
 from studio.profiles.types import Profile
 from studio.requests import Identity, PortraitRequest
@@ -57,6 +59,7 @@ from studio.stages import (
 )
 from studio.styles import StylePreset, get_style, load_styles, user_styles_dir
 from studio.training.run_folder import slug
+from studio.wplus_models import WPlusModels
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +112,7 @@ class Studio:
         self._gpu_lock = threading.Lock()
         self._training = threading.Event()
         self._faces_lock = threading.RLock()
+        self.wplus = self._wplus_models()
 
     # Model sets
 
@@ -119,6 +123,7 @@ class Studio:
             if model_set.name != self.model_set.name:
                 self.host.unload()
                 self.model_set = model_set
+                self.wplus = self._wplus_models()
 
     def pipeline(self):
         """The model set's identity pipeline, loaded on first use."""
@@ -134,10 +139,58 @@ class Studio:
             return self._analyzers[encoders]
 
     @contextmanager
-    def library(self) -> Iterator[ProfileLibrary]:
-        """The profile library, opened for this call (a library serves one thread)."""
-        with ProfileLibrary(self.settings.profiles_dir, lambda enc: self.analyzer(*enc)) as lib:
+    def library(self, *, wplus: bool = False) -> Iterator[ProfileLibrary]:
+        """The profile library, opened for this call (a library serves one thread).
+
+        New photos get their W+ at intake when the model set's e4e is here; ``wplus`` gives the
+        library the e4e even when it is not (resolving it, which offline names the file).
+        """
+        encoder = self.wplus.encoder(intake=not wplus)
+        with ProfileLibrary(
+            self.settings.profiles_dir, lambda enc: self.analyzer(*enc), encoder
+        ) as lib:
             yield lib
+
+    # W+
+
+    def _wplus_models(self) -> WPlusModels:
+        return WPlusModels(self.model_set, self.settings, lambda: self.analyzer(DEFAULT_ENCODER))
+
+    def profile_wplus(self, profile: str) -> torch.Tensor:
+        """The profile's W+ ``[1, rows, dim]`` from this set's e4e: stored, or computed from the
+        accepted photos and stored on first use."""
+        self.wplus.require("W+")
+        with self.library(wplus=True) as lib:
+            found = lib.ensure_wplus(profile)
+        return torch.from_numpy(found.latent)
+
+    def wplus_preview(self, profile: str, edits: tuple[tuple[str, float], ...] = ()) -> np.ndarray:
+        """The StyleGAN rendering of the profile's W+ with ``edits``, RGB ``uint8``."""
+        w_plus = self.wplus.edited(self.profile_wplus(profile), edits)
+        with self._gpu_lock:
+            return self.wplus.preview(w_plus)
+
+    def _wplus_call(self, request: PortraitRequest, notes: list[str]) -> dict[str, Any]:
+        """The pipeline's ``wplus`` / ``wplus_scale``: the profile's edited W+ when the request
+        asks for it, or when the set's W+ files are here and the profile has (or gets) a W+."""
+        asked = any(amount for _, amount in request.edits) or request.wplus_scale is not None
+        if asked:
+            self.wplus.require("--edit / --wplus-scale (W+)")
+            for name, _ in request.edits:
+                self.wplus.directions.edit(name)  # unknown names fail before anything loads
+        elif not self.wplus.ready:
+            return {}
+        try:
+            w_plus = self.profile_wplus(request.profile)
+        except ProfileError as exc:
+            if asked:
+                raise
+            notes.append(f"W+ not used: {exc}")
+            return {}
+        return {
+            "wplus": self.wplus.edited(w_plus, request.edits),
+            "wplus_scale": request.wplus_scale,
+        }
 
     def identity(self, profile_name: str, *, use_lora: bool = True) -> Identity:
         """The profile's adapter embeddings, scoring reference and newest fitting LoRA."""
@@ -253,6 +306,7 @@ class Studio:
                 "likeness comes from the identity adapter alone (train one to improve "
                 "it)"
             )
+        wplus = self._wplus_call(request, notes)
         pose = request.pose or (style.pose if style else None)
         condition = self._condition(pose, identity, knobs["width"], knobs["height"])
         seeds = [request.seed + i for i in range(request.num_images)]
@@ -260,6 +314,8 @@ class Studio:
         scorer = IdentityScorer(self.analyzer(identity.reference.encoder), identity.reference)
         with self._gpu_lock:
             pipe = self.pipeline()
+            if wplus and pipe.wplus_schedule is None:
+                pipe.load_wplus_adapter(self.wplus.adapter_path())
             self.host.use_loras(_lora_specs(identity, style))
             call = {
                 "prompt": [prompt] * len(seeds),
@@ -271,9 +327,11 @@ class Studio:
                 "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],
                 "identity_embeds": identity.embeds,
                 "identity_scale": knobs["identity_scale"],
+                **wplus,
                 **condition,
             }
             images, offload_note = self.host.run(pipe, **call)
+            wplus_record = _wplus_record(pipe, request, self.wplus.key) if wplus else None
             sampler = type(pipe.scheduler).__name__.removesuffix("Scheduler")
             staged = [
                 self._run_stages(stages, image, identity, request, seed, i, scorer.analyzer)
@@ -306,6 +364,7 @@ class Studio:
                 "pose": str(pose) if pose else None,
                 "stages": [record.name for record in records],
                 "stage_notes": {record.name: list(record.notes) for record in records},
+                "wplus": wplus_record,
                 "identity": {
                     "encoder": scorer.encoder,
                     "similarity": round(score.similarity, 4),
@@ -451,6 +510,17 @@ def _lora_specs(identity: Identity, style: StylePreset | None) -> tuple[ActiveLo
         source = str(lora.path) if lora.path is not None else lora.repo
         specs.append(ActiveLora("style", source, lora.weight_name, lora.scale))
     return tuple(specs)
+
+
+def _wplus_record(pipe, request: PortraitRequest, e4e: str) -> dict[str, Any]:
+    """What the sidecar says about W+: the edits, the scale used and which e4e made the W+."""
+    scale = request.wplus_scale
+    return {
+        "e4e": e4e,
+        "edits": [[name, amount] for name, amount in request.edits],
+        "scale": pipe.wplus_schedule.scale if scale is None else scale,
+        "start": pipe.wplus_schedule.start,
+    }
 
 
 def _fit(width: int, height: int, max_side: int | None) -> tuple[int, int]:

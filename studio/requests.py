@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from studio.directions import check_edits
 from studio.errors import StudioError
 from studio.faces.encoders import IdentityEmbedding
 from studio.limits import (
@@ -17,6 +18,7 @@ from studio.limits import (
     MAX_IMAGES,
     MAX_SEED,
     MAX_STEPS,
+    MAX_WPLUS_SCALE,
     check_range,
 )
 from studio.profiles.types import ProfileLora
@@ -40,6 +42,11 @@ class PortraitRequest:
     use_lora: bool = True
     stages: tuple[str, ...] = ()
     """Registered stages (:mod:`studio.stages`) to run on every image, in this order."""
+    edits: tuple[tuple[str, float], ...] = ()
+    """W+ edits, ``(direction, amount)`` in order, e.g. ``(("age", 2.0), ("smile", -1.0))``
+    (see :mod:`studio.directions`); they need a model set with the W+ adapter."""
+    wplus_scale: float | None = None
+    """Strength of the W+ adapter (0 to 1.5); ``None`` keeps the adapter's (1.0)."""
 
     def validate(self) -> None:
         """Raise a :class:`StudioError` naming the first unusable field and its range."""
@@ -55,6 +62,9 @@ class PortraitRequest:
             check_range("guidance", self.guidance, 0, MAX_GUIDANCE)
         if self.identity_scale is not None:
             check_range("identity strength", self.identity_scale, 0, MAX_IDENTITY_SCALE)
+        check_edits(self.edits)
+        if self.wplus_scale is not None:
+            check_range("W+ scale", self.wplus_scale, 0, MAX_WPLUS_SCALE)
 
 
 @dataclass(frozen=True, eq=False)

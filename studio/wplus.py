@@ -7,13 +7,26 @@ returns it, ``[1, 18, 512]`` per photo.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from adapters.e4e import E4E, E4E_INPUT_SIZE
 from studio.errors import StudioError
-from studio.faces.align import E4E_MIN_QUAD_SIDE, align_ffhq_quad
-from studio.faces.types import AlignedFace
+from studio.faces.align import (
+    E4E_MIN_QUAD_SIDE,
+    align_ffhq_quad,
+    ffhq_points_from_kps,
+    ffhq_points_from_mesh,
+)
+from studio.faces.analyzer import FaceAnalyzer
+from studio.faces.types import AlignedFace, Face
+from studio.images import ImageLoadError, load_image
+
+PREVIEW_SIZE = 256
+"""Side of the StyleGAN preview images the studio shows."""
 
 
 def e4e_crop(image: np.ndarray, points: np.ndarray) -> AlignedFace:
@@ -31,6 +44,15 @@ def to_model_input(crop: np.ndarray) -> torch.Tensor:
     return tensor / 127.5 - 1.0
 
 
+def face_points(face: Face) -> np.ndarray:
+    """FFHQ's anchor points of a face: from its mesh when it has one, else its keypoints."""
+    return (
+        ffhq_points_from_mesh(face.mesh)
+        if face.mesh is not None
+        else ffhq_points_from_kps(face.kps)
+    )
+
+
 @torch.no_grad()
 def photo_wplus(e4e: E4E, image: np.ndarray, points: np.ndarray) -> torch.Tensor:
     """W+ ``[1, n_latent, style_dim]`` of the face with anchor ``points`` in ``image``."""
@@ -41,3 +63,42 @@ def to_image(rendered: torch.Tensor) -> np.ndarray:
     """A generator's ``[1, 3, H, W]`` output in about ``[-1, 1]`` as RGB ``uint8``."""
     pixels = ((rendered[0].float().clamp(-1, 1) + 1) * 127.5).round().byte()
     return pixels.permute(1, 2, 0).cpu().numpy()
+
+
+@torch.no_grad()
+def render_preview(e4e: E4E, w_plus: torch.Tensor, size: int = PREVIEW_SIZE) -> np.ndarray:
+    """W+ ``[1, rows, dim]`` rendered by the e4e's generator, as RGB ``uint8`` ``size`` px."""
+    parameter = e4e.latent_avg
+    rendered = e4e.render(w_plus.to(device=parameter.device, dtype=parameter.dtype))
+    if rendered.shape[-1] != size:
+        rendered = torch.nn.functional.interpolate(rendered.float(), size=(size, size), mode="area")
+    return to_image(rendered)
+
+
+class PhotoWPlusEncoder:
+    """The profile library's W+ encoder (:class:`~studio.profiles.types.WPlusEncoder`): finds
+    the profile's face in a stored photo again and encodes its FFHQ crop with e4e.
+
+    ``e4e`` and ``analyzer`` are called on first use, so opening a library loads no model.
+    """
+
+    def __init__(
+        self, key: str, e4e: Callable[[], E4E], analyzer: Callable[[], FaceAnalyzer]
+    ) -> None:
+        self.key = key
+        self._e4e = e4e
+        self._analyzer = analyzer
+
+    def encode(self, photo: Path, face_index: int, face_count: int) -> np.ndarray:
+        try:
+            rgb = load_image(photo).rgb
+        except ImageLoadError as exc:
+            raise StudioError(f"cannot read the photo for W+: {exc}") from exc
+        faces = self._analyzer().analyze(rgb)
+        if len(faces) != face_count:
+            raise StudioError(
+                f"found {len(faces)} faces where the profile recorded {face_count}, so the "
+                "profile's face is unclear for W+"
+            )
+        w_plus = photo_wplus(self._e4e(), rgb, face_points(faces[face_index]))
+        return w_plus.float().cpu().numpy()

@@ -1,7 +1,9 @@
 """The model catalog: named model sets and their components, read from ``assets/models``.
 
-The catalog is the one place that names weights. A component is either built locally
-(``source: builtin``, the tiny random-weight sets) or a list of files in a hub repository.
+The catalog is the one place that names weights. A component is built locally
+(``source: builtin``, the tiny random-weight sets), a list of files in a hub repository, or one
+file published at a URL (``source: url``, e.g. a GitHub release), kept in the models dir under
+``<repo>/<file>`` like a hub file.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from studio.shipped import asset_path
 
 FAMILIES = family_names()
 KINDS = ("pipeline", "folder", "file")
-FORMATS = ("diffusers", "safetensors", "torch-bin", "onnx")
-SOURCES = ("hub", "builtin")
+FORMATS = ("diffusers", "safetensors", "torch-bin", "onnx", "numpy", "csv")
+SOURCES = ("hub", "builtin", "url")
 ENCODERS = ("arcface", "sface", "dlib")
 REPO_TYPES = ("model", "space", "dataset")
 
@@ -42,6 +44,7 @@ class Component:
     revision: str | None = None
     optional: bool = False
     path: Path | None = None
+    url: str | None = None
 
     @property
     def origin(self) -> str:
@@ -50,6 +53,8 @@ class Component:
             return f"built locally ({self.builder})"
         if self.source == "local":
             return str(self.path)
+        if self.source == "url":
+            return f"{self.repo}: {self.url}"
         space = " (space)" if self.repo_type == "space" else ""
         if len(self.files) > 2:
             folder = f"/{self.subfolder}" if self.subfolder else ""
@@ -106,6 +111,7 @@ def _parse_component(set_name: str, name: str, raw: Mapping[str, Any]) -> Compon
             builder=raw.get("builder"),
             revision=raw.get("revision"),
             optional=bool(raw.get("optional", False)),
+            url=raw.get("url"),
         )
     except KeyError as exc:
         raise ConfigError(f"{where}: missing key {exc.args[0]!r}") from None
@@ -121,6 +127,8 @@ def _parse_component(set_name: str, name: str, raw: Mapping[str, Any]) -> Compon
             raise ConfigError(f"{where}: {attr} must be one of {', '.join(allowed)}")
     if comp.source == "hub" and not (comp.repo and comp.files):
         raise ConfigError(f"{where}: a hub component needs 'repo' and 'files'")
+    if comp.source == "url" and not (comp.repo and comp.url and len(comp.files) == 1):
+        raise ConfigError(f"{where}: a url component needs 'repo', 'url' and one file")
     if comp.source == "builtin" and not comp.builder:
         raise ConfigError(f"{where}: a builtin component needs 'builder'")
     if comp.kind == "file" and len(comp.files) != 1:

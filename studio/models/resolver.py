@@ -80,6 +80,8 @@ class ModelResolver:
     def _in_hub_cache(self, comp: Component) -> Path | None:
         from huggingface_hub import try_to_load_from_cache
 
+        if comp.source == "url":
+            return None
         found: list[Path] = []
         for repo_path in comp.repo_paths:
             hit = try_to_load_from_cache(
@@ -97,6 +99,8 @@ class ModelResolver:
         from huggingface_hub import hf_hub_download
 
         logger.info("downloading %s", comp.origin)
+        if comp.source == "url":
+            return self._download_url(comp)
         paths = [
             Path(hf_hub_download(comp.repo, p, revision=comp.revision, repo_type=comp.repo_type))
             for p in comp.repo_paths
@@ -105,6 +109,18 @@ class ModelResolver:
         for _ in Path(comp.repo_paths[0]).parts:
             snapshot = snapshot.parent
         return self._result(comp, snapshot)
+
+    def _download_url(self, comp: Component) -> Path:
+        """Fetch a ``url`` component's file into the models dir (temporary name, then rename)."""
+        from huggingface_hub.file_download import http_get  # hub's progress bar and retries
+
+        target = self.local_root(comp) / comp.repo_paths[0]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        with open(partial, "wb") as handle:
+            http_get(comp.url, handle, displayed_filename=target.name)
+        partial.replace(target)
+        return target
 
     # -- public -----------------------------------------------------------------------------
     def find_local(self, model_set: ModelSet, name: str) -> Path | None:

@@ -3,8 +3,12 @@
 They are built deterministically (fixed seeds) on first use into the models dir and loaded
 through the same ``from_pretrained`` code as real weights; their identity adapters are written
 in the published checkpoint layouts (IP-Adapter-FaceID, InstantID) and their ControlNets as
-diffusers folders, so the same loaders users hit are exercised. They prove mechanics, not
-quality.
+diffusers folders, so the same loaders users hit are exercised. The ``tiny`` set's W+ pieces are
+scaled down in the published layouts too: an e4e (``e4e_ffhq_encode.pt``: IR-SE body and 18
+style blocks, a 1024-px generator with 18 W+ rows, all 16 wide), a ``wplus_adapter.bin`` for
+the tiny UNet over that 16-d W, and edit directions (InterFaceGAN ``[1, 16]`` and
+``[1, 18, 16]``, a per-layer ``[18, 16]`` ``.npy``, a GANSpace PCA and config). They prove
+mechanics, not quality.
 Bump ``BUILD_VERSION`` whenever a builder's output changes, so old builds are not reused.
 """
 
@@ -24,6 +28,8 @@ BUILD_VERSION = 2
 SEED = 0
 SFACE_DIM = 128  # the tiny FaceID adapter takes the embedded recognizer's embeddings
 TINY_VAE_SCALE = 2  # two VAE blocks: latents are half the image size
+TINY_W_DIM = 16  # width of the tiny e4e's W (the published is 512)
+TINY_GANSPACE_COMPONENTS = 8
 _SCHEDULER_CONFIG = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
@@ -189,6 +195,58 @@ def _build_mesh_controlnet(out: Path, models_dir: Path) -> None:
     controlnet.save_pretrained(out, safe_serialization=True)
 
 
+def _build_e4e(out: Path) -> None:
+    from adapters.e4e import E4EConfig
+    from adapters.stylegan2 import StyleGAN2Config
+    from adapters.synthetic_wplus import write_e4e_checkpoint
+
+    encoder = E4EConfig(widths=(8, 8, 16, TINY_W_DIM), n_styles=18)
+    decoder = StyleGAN2Config(
+        size=1024, channels=(8, 8, 8, 8, 4, 4, 4, 4, 4), style_dim=TINY_W_DIM, n_mlp=1
+    )
+    write_e4e_checkpoint(out / "e4e_ffhq_encode.pt", encoder, decoder, seed=SEED)
+
+
+def _build_wplus_sd15(out: Path, models_dir: Path) -> None:
+    import torch
+
+    from adapters.synthetic_wplus import wplus_adapter_state_dict
+
+    unet = _tiny_unet(models_dir, "tiny-sd15")
+    state = wplus_adapter_state_dict(unet, seed=SEED, w_dim=TINY_W_DIM)
+    torch.save(state, out / "wplus_adapter.bin")
+
+
+def _build_directions(out: Path) -> None:
+    """Seeded directions in the published shapes: InterFaceGAN ``age.pt`` ``[1, dim]`` and
+    ``smile.pt`` ``[1, 18, dim]``, a per-layer ``glasses.npy`` ``[18, dim]`` acting on rows 4-7,
+    and GANSpace ``ffhq_pca.pt`` with its tab-separated ``ganspace_configs.csv``."""
+    import numpy as np
+    import torch
+
+    generator = torch.Generator().manual_seed(SEED)
+
+    def unit(*shape):
+        vector = torch.randn(*shape, generator=generator)
+        return vector / vector.norm(dim=-1, keepdim=True)
+
+    torch.save(unit(1, TINY_W_DIM), out / "age.pt")
+    torch.save(unit(1, 1, TINY_W_DIM).expand(1, 18, TINY_W_DIM).clone(), out / "smile.pt")
+    glasses = torch.zeros(18, TINY_W_DIM)
+    glasses[4:8] = unit(1, TINY_W_DIM)
+    np.save(out / "glasses.npy", glasses.numpy().astype(np.float32))
+    comp = torch.linalg.qr(torch.randn(TINY_W_DIM, TINY_GANSPACE_COMPONENTS, generator=generator))[
+        0
+    ].T.reshape(TINY_GANSPACE_COMPONENTS, 1, TINY_W_DIM)
+    pca = {
+        "mean": torch.randn(1, TINY_W_DIM, generator=generator) * 0.1,
+        "comp": comp.contiguous(),
+        "std": torch.linspace(2.0, 0.5, TINY_GANSPACE_COMPONENTS),
+    }
+    torch.save(pca, out / "ffhq_pca.pt")
+    (out / "ganspace_configs.csv").write_text("eye_openness\t3\t7\t8\t20\n", encoding="utf-8")
+
+
 BUILDERS: dict[str, Callable[[Path, Path], None]] = {
     "tiny-sd15": lambda out, _: _build_sd15(out),
     "tiny-sdxl": lambda out, _: _build_sdxl(out),
@@ -196,6 +254,9 @@ BUILDERS: dict[str, Callable[[Path, Path], None]] = {
     "tiny-controlnet-face-sd15": _build_mesh_controlnet,
     "tiny-instantid": _build_instantid,
     "tiny-identitynet": _build_identitynet,
+    "tiny-e4e": lambda out, _: _build_e4e(out),
+    "tiny-wplus-sd15": _build_wplus_sd15,
+    "tiny-directions": lambda out, _: _build_directions(out),
 }
 
 

@@ -18,6 +18,13 @@ library opens.
 After every change the photos are judged again (see :mod:`studio.profiles.selection`) with
 the profile's first encoder, and each encoder's mean embedding is recomputed from the accepted
 photos. A :class:`ProfileLibrary` is not thread-safe: use one per thread.
+
+StyleGAN W+ (see :class:`~studio.profiles.types.WPlus`): a library given a ``wplus`` encoder
+computes each new photo's W+ at intake (and any accepted photo's that is missing), in the same
+transaction as the photos; without one, :meth:`ProfileLibrary.ensure_wplus` computes the missing
+ones on first use and stores them. The profile's W+, the mean over the accepted photos, is
+recomputed whenever the photos or their verdicts change, and dropped while an accepted photo has
+not been through that e4e yet.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from studio.errors import StudioError
 from studio.faces.analyzer import DEFAULT_ENCODER, FaceAnalyzer, analyzer_from_settings
 from studio.faces.encoders import mean_embedding
 from studio.profiles.errors import (
@@ -67,6 +77,8 @@ from studio.profiles.types import (
     ProfileChange,
     ProfileLora,
     ProfileSummary,
+    WPlus,
+    WPlusEncoder,
 )
 from studio.settings import Settings
 
@@ -90,9 +102,12 @@ AnalyzerFactory = Callable[[tuple[str, ...]], FaceAnalyzer]
 
 
 class ProfileLibrary:
-    """Identity profiles stored under ``root``; photos are analysed with ``analyzers(encoders)``."""
+    """Identity profiles stored under ``root``; photos are analysed with ``analyzers(encoders)``
+    and, given a ``wplus`` encoder, encoded to W+ at intake."""
 
-    def __init__(self, root: Path, analyzers: AnalyzerFactory) -> None:
+    def __init__(
+        self, root: Path, analyzers: AnalyzerFactory, wplus: WPlusEncoder | None = None
+    ) -> None:
         self.root = Path(root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -101,6 +116,7 @@ class ProfileLibrary:
                 f"profile library folder {self.root} cannot be created: {exc}"
             ) from exc
         self._analyzers = analyzers
+        self._wplus = wplus
         self._store = ProfileStore(self.root / DATABASE_NAME)
         try:
             self._recover()
@@ -109,14 +125,14 @@ class ProfileLibrary:
             raise
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ProfileLibrary:
+    def from_settings(cls, settings: Settings, wplus: WPlusEncoder | None = None) -> ProfileLibrary:
         """The library in ``settings.profiles_dir``; analyzers load on first need, once each."""
 
         @functools.cache
         def analyzers(encoders: tuple[str, ...]) -> FaceAnalyzer:
             return analyzer_from_settings(settings, encoders=encoders)
 
-        return cls(settings.profiles_dir, analyzers)
+        return cls(settings.profiles_dir, analyzers, wplus)
 
     def close(self) -> None:
         self._store.close()
@@ -148,6 +164,57 @@ class ProfileLibrary:
         """The profile called ``name`` (ignoring case), with its photos, means and LoRAs."""
         row = self._require(name)
         return self._profile(row, self._store.photos(row.id), self._store.loras(row.id))
+
+    # W+
+
+    def ensure_wplus(self, name: str) -> WPlus:
+        """The profile's W+ from the library's encoder; the accepted photos that have not been
+        through that e4e are encoded first and stored, with the new mean, in one transaction.
+
+        Raises a :class:`ProfileError` when no accepted photo can be encoded (with the reasons).
+        """
+        encoder = self._require_wplus()
+        row = self._require(name)
+        stored = self._store.profile_wplus(row.id)
+        if encoder.key in stored:
+            return stored[encoder.key]
+        photos = self._store.photos(row.id)
+        known = self._store.photo_wplus(row.id)
+        missing = [
+            p for p in photos if p.verdict.accepted and encoder.key not in known.get(p.id, {})
+        ]
+        new = self._encode_wplus(self.root / row.dir_name, [p.photo for p in missing])
+        with self._store.transaction():
+            self._check_unchanged(row, photos)
+            for photo in missing:
+                self._store.set_photo_wplus(photo.id, new[photo.photo.stored_name])
+            self._update_profile_wplus(row.id, [p.id for p in photos if p.verdict.accepted])
+        found = self._store.profile_wplus(row.id).get(encoder.key)
+        if found is None:
+            known = self._store.photo_wplus(row.id)
+            reasons = [
+                f"{p.photo.original_name}: {known[p.id][encoder.key].reason}"
+                for p in photos
+                if p.verdict.accepted and encoder.key in known.get(p.id, {})
+            ]
+            raise ProfileError(
+                f"no accepted photo of profile {row.name!r} could be encoded to W+ "
+                f"({'; '.join(reasons) or 'no accepted photo'}); add a larger, frontal photo"
+            )
+        return found
+
+    def set_photo_wplus(self, name: str, file: str, wplus: WPlus) -> Profile:
+        """Replace one photo's W+ (a refined one, say) and recompute the profile's mean."""
+        row = self._require(name)
+        photos = self._store.photos(row.id)
+        photo = _find_photo(row.name, photos, file)
+        if wplus.latent is None:
+            raise ValueError("set_photo_wplus needs a latent")
+        with self._store.transaction():
+            self._check_unchanged(row, photos)
+            self._store.set_photo_wplus(photo.id, wplus)
+            self._update_profile_wplus(row.id, [p.id for p in photos if p.verdict.accepted])
+        return self.get(row.name)
 
     # Editing
 
@@ -191,6 +258,7 @@ class ProfileLibrary:
                 raise NoUsablePhotosError(
                     listing(f"profile {name!r} was not created: no usable photo", outcomes)
                 )
+            wplus = self._encode_wplus(staging, [s.photo for s in staged])
             target = self.root / dir_name(name)
             with self._commit_moving(staging, target):
                 _check_free(self._store.find_profile(key))
@@ -203,7 +271,7 @@ class ProfileLibrary:
                     encoders=infos,
                 )
                 ids = self._insert(profile_id, staged)
-                self._record(profile_id, infos, [s.photo for s in staged], ids, verdicts)
+                self._record(profile_id, infos, [s.photo for s in staged], ids, verdicts, wplus)
         logger.info("created profile %r in %s", name, target)
         return ProfileChange(self.get(name), outcomes, ())
 
@@ -231,13 +299,15 @@ class ProfileLibrary:
                 )
             everything = [p.photo for p in existing] + [s.photo for s in staged]
             verdicts = _judge(everything, row.encoders)
+            wplus = self._encode_wplus(staging, [s.photo for s in staged])
+            wplus |= self._encode_wplus(profile_dir, self._lacking_wplus(row, existing, verdicts))
             moved: list[Path] = []
             try:
                 with self._store.transaction():
                     self._check_unchanged(row, existing)
                     ids = {p.photo.stored_name: p.id for p in existing}
                     ids |= self._insert(row.id, staged)
-                    self._record(row.id, row.encoders, everything, ids, verdicts)
+                    self._record(row.id, row.encoders, everything, ids, verdicts, wplus)
                     for s in staged:
                         for sub, file in (
                             (PHOTOS_DIR, s.photo.stored_name),
@@ -269,12 +339,13 @@ class ProfileLibrary:
                 f"delete it instead with `python -m studio profile delete {row.name!r}`"
             )
         verdicts = _judge([p.photo for p in rest], row.encoders)
+        profile_dir = self.root / row.dir_name
+        wplus = self._encode_wplus(profile_dir, self._lacking_wplus(row, rest, verdicts))
         with self._store.transaction():
             self._check_unchanged(row, existing)
             self._store.delete_photos(list(chosen))
             ids = {p.photo.stored_name: p.id for p in rest}
-            self._record(row.id, row.encoders, [p.photo for p in rest], ids, verdicts)
-        profile_dir = self.root / row.dir_name
+            self._record(row.id, row.encoders, [p.photo for p in rest], ids, verdicts, wplus)
         for photo in chosen.values():
             (profile_dir / PHOTOS_DIR / photo.photo.stored_name).unlink(missing_ok=True)
             (profile_dir / CROPS_DIR / photo.photo.crop_name).unlink(missing_ok=True)
@@ -419,10 +490,12 @@ class ProfileLibrary:
         photos: Sequence[StoredPhoto],
         ids: dict[str, int],
         verdicts: dict[str, Verdict],
+        wplus: dict[str, WPlus],
     ) -> None:
-        """Store the verdicts, each encoder's mean over the accepted photos, the update time.
+        """Store the verdicts, each encoder's mean over the accepted photos, new W+ and the
+        profile's W+, the update time.
 
-        ``ids`` and ``verdicts`` are keyed by the photos' stored names.
+        ``ids``, ``verdicts`` and ``wplus`` are keyed by the photos' stored names.
         """
         for photo in photos:
             self._store.set_verdict(ids[photo.stored_name], verdicts[photo.stored_name])
@@ -430,12 +503,68 @@ class ProfileLibrary:
         for encoder in encoders:
             mean = mean_embedding(e[encoder.name] for e in accepted) if accepted else None
             self._store.set_mean(profile_id, encoder.name, mean)
+        for stored_name, latent in wplus.items():
+            self._store.set_photo_wplus(ids[stored_name], latent)
+        accepted_ids = [ids[p.stored_name] for p in photos if verdicts[p.stored_name].accepted]
+        self._update_profile_wplus(profile_id, accepted_ids)
         self._store.set_updated(profile_id, _now())
+
+    def _update_profile_wplus(self, profile_id: int, accepted: Sequence[int]) -> None:
+        """Per e4e key: the mean W+ of the ``accepted`` photos once each has been through that
+        e4e (those it could not encode left out), else none."""
+        per_photo = self._store.photo_wplus(profile_id)
+        keys = {key for found in per_photo.values() for key in found}
+        keys |= set(self._store.profile_wplus(profile_id))
+        for key in keys:
+            entries = [per_photo.get(photo_id, {}).get(key) for photo_id in accepted]
+            latents = [e.latent for e in entries if e is not None and e.latent is not None]
+            mean = None
+            if latents and all(e is not None for e in entries):
+                average = np.mean(np.stack(latents), axis=0).astype(np.float32)
+                mean = WPlus(key, average, _now(), photos=len(latents))
+            self._store.set_profile_wplus(profile_id, key, mean)
+
+    def _require_wplus(self) -> WPlusEncoder:
+        if self._wplus is None:
+            raise ValueError("this profile library was opened without a W+ encoder")
+        return self._wplus
+
+    def _lacking_wplus(
+        self, row: ProfileRow, photos: Sequence[PhotoRow], verdicts: dict[str, Verdict]
+    ) -> list[StoredPhoto]:
+        """Photos already in the profile, accepted by ``verdicts``, without the encoder's W+."""
+        if self._wplus is None:
+            return []
+        known = self._store.photo_wplus(row.id)
+        return [
+            p.photo
+            for p in photos
+            if verdicts[p.photo.stored_name].accepted and self._wplus.key not in known.get(p.id, {})
+        ]
+
+    def _encode_wplus(self, folder: Path, photos: Sequence[StoredPhoto]) -> dict[str, WPlus]:
+        """W+ by stored name of ``photos`` (in ``folder``'s ``photos``), with the library's
+        encoder (none without one); a face e4e cannot encode gets its reason instead."""
+        if self._wplus is None:
+            return {}
+        found = {}
+        for photo in photos:
+            path = folder / PHOTOS_DIR / photo.stored_name
+            try:
+                latent = self._wplus.encode(path, photo.face_index, photo.face_count)
+                found[photo.stored_name] = WPlus(
+                    self._wplus.key, np.asarray(latent, dtype=np.float32), _now()
+                )
+            except StudioError as exc:
+                logger.info("%s: no W+: %s", photo.original_name, exc)
+                found[photo.stored_name] = WPlus(self._wplus.key, None, _now(), reason=str(exc))
+        return found
 
     def _profile(
         self, row: ProfileRow, photos: Sequence[PhotoRow], loras: Sequence[LoraRow]
     ) -> Profile:
         folder = self.root / row.dir_name
+        wplus = self._store.photo_wplus(row.id)
         return Profile(
             name=row.name,
             path=folder,
@@ -458,11 +587,13 @@ class ProfileLibrary:
                     similarity=p.verdict.similarity,
                     notes=p.photo.notes,
                     embeddings=p.photo.embeddings,
+                    wplus=wplus.get(p.id, {}),
                 )
                 for p in photos
             ),
             means=row.means,
             loras=tuple(self._lora(row.dir_name, r.lora) for r in loras),
+            wplus=self._store.profile_wplus(row.id),
         )
 
     def _lora(self, profile_dir: str, lora: StoredLora) -> ProfileLora:

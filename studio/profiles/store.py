@@ -6,6 +6,9 @@ upgrade leaves the previous version intact. Foreign keys are on (deleting a prof
 rows) and the journal is WAL. Embeddings are little-endian float32 BLOBs with their encoder's
 name and dimension beside them. Times are ISO 8601 strings in UTC. Schema 2 adds ``loras``: the
 LoRAs trained from a profile, with the facts of their ``lora.json`` and the names of their files.
+Schema 3 adds StyleGAN W+ latents, keyed by the e4e weights that made them: ``photo_wplus``, one
+per photo (or the reason e4e could not encode it), and ``profile_wplus``, the mean over the
+accepted photos. A W+ is a ``[rows, dim]`` float32 BLOB, kept as e4e returns it (not unit-norm).
 
 One :class:`ProfileStore` holds one connection and is not thread-safe: use one per thread.
 """
@@ -26,7 +29,7 @@ import numpy as np
 from studio.faces.encoders import IdentityEmbedding
 from studio.profiles.errors import LibraryError
 from studio.profiles.selection import Verdict
-from studio.profiles.types import Consent, EncoderInfo, LoraRecord
+from studio.profiles.types import Consent, EncoderInfo, LoraRecord, WPlus
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +120,32 @@ MIGRATIONS: tuple[Migration, ...] = (
                 files TEXT NOT NULL,
                 UNIQUE (profile_id, name_key),
                 UNIQUE (profile_id, dir_name)
+            )""",
+        ),
+    ),
+    Migration(
+        "StyleGAN W+ latents per photo and per profile, keyed by the e4e weights that made them",
+        (
+            """CREATE TABLE photo_wplus (
+                photo_id INTEGER NOT NULL REFERENCES photos (id) ON DELETE CASCADE,
+                e4e TEXT NOT NULL,
+                rows INTEGER CHECK (rows > 0),
+                dim INTEGER CHECK (dim > 0),
+                latent BLOB CHECK (latent IS NULL OR length(latent) = 4 * rows * dim),
+                reason TEXT CHECK ((latent IS NULL) = (reason IS NOT NULL)),
+                refine_steps INTEGER NOT NULL DEFAULT 0 CHECK (refine_steps >= 0),
+                computed TEXT NOT NULL,
+                PRIMARY KEY (photo_id, e4e)
+            )""",
+            """CREATE TABLE profile_wplus (
+                profile_id INTEGER NOT NULL REFERENCES profiles (id) ON DELETE CASCADE,
+                e4e TEXT NOT NULL,
+                rows INTEGER NOT NULL CHECK (rows > 0),
+                dim INTEGER NOT NULL CHECK (dim > 0),
+                latent BLOB NOT NULL CHECK (length(latent) = 4 * rows * dim),
+                photos INTEGER NOT NULL CHECK (photos > 0),
+                computed TEXT NOT NULL,
+                PRIMARY KEY (profile_id, e4e)
             )""",
         ),
     ),
@@ -345,6 +374,37 @@ class ProfileStore:
             for row in rows
         ]
 
+    def photo_wplus(self, profile_id: int) -> dict[int, dict[str, WPlus]]:
+        """The W+ of the profile's photos: by photo id, then by e4e key."""
+        found: dict[int, dict[str, WPlus]] = {}
+        for row in self._conn.execute(
+            """SELECT w.* FROM photo_wplus AS w JOIN photos AS ph ON ph.id = w.photo_id
+               WHERE ph.profile_id = ?""",
+            (profile_id,),
+        ):
+            found.setdefault(row["photo_id"], {})[row["e4e"]] = WPlus(
+                e4e=row["e4e"],
+                latent=_latent(row["latent"], row["rows"], row["dim"]),
+                computed=datetime.fromisoformat(row["computed"]),
+                refine_steps=row["refine_steps"],
+                reason=row["reason"],
+            )
+        return found
+
+    def profile_wplus(self, profile_id: int) -> dict[str, WPlus]:
+        """The profile's mean W+ by e4e key."""
+        return {
+            row["e4e"]: WPlus(
+                e4e=row["e4e"],
+                latent=_latent(row["latent"], row["rows"], row["dim"]),
+                computed=datetime.fromisoformat(row["computed"]),
+                photos=row["photos"],
+            )
+            for row in self._conn.execute(
+                "SELECT * FROM profile_wplus WHERE profile_id = ?", (profile_id,)
+            )
+        }
+
     def lora_dirs(self) -> dict[str, set[str]]:
         """Every profile folder name, with the LoRA folder names its rows refer to."""
         dirs: dict[str, set[str]] = {
@@ -457,6 +517,47 @@ class ProfileStore:
     def delete_photos(self, photo_ids: Sequence[int]) -> None:
         self._conn.executemany("DELETE FROM photos WHERE id = ?", [(i,) for i in photo_ids])
 
+    def set_photo_wplus(self, photo_id: int, wplus: WPlus) -> None:
+        """Store (or replace) a photo's W+ under its e4e key, or the ``reason`` it has none."""
+        rows, dim = (None, None) if wplus.latent is None else wplus.latent.shape[1:]
+        self._conn.execute(
+            """INSERT OR REPLACE INTO photo_wplus
+                   (photo_id, e4e, rows, dim, latent, reason, refine_steps, computed)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+            (
+                photo_id,
+                wplus.e4e,
+                rows,
+                dim,
+                None if wplus.latent is None else _latent_blob(wplus.latent),
+                wplus.reason,
+                wplus.refine_steps,
+                wplus.computed.isoformat(),
+            ),
+        )
+
+    def set_profile_wplus(self, profile_id: int, e4e: str, wplus: WPlus | None) -> None:
+        """Store the profile's mean W+ under ``e4e``, or drop it (``None``)."""
+        self._conn.execute(
+            "DELETE FROM profile_wplus WHERE profile_id = ? AND e4e = ?", (profile_id, e4e)
+        )
+        if wplus is None or wplus.latent is None:
+            return
+        _, rows, dim = wplus.latent.shape
+        self._conn.execute(
+            """INSERT INTO profile_wplus (profile_id, e4e, rows, dim, latent, photos, computed)
+               VALUES (?, ?, ?, ?, ?, ?, ?)""",
+            (
+                profile_id,
+                e4e,
+                rows,
+                dim,
+                _latent_blob(wplus.latent),
+                wplus.photos,
+                wplus.computed.isoformat(),
+            ),
+        )
+
     def insert_lora(self, profile_id: int, name_key: str, lora: StoredLora) -> int:
         cursor = self._conn.execute(
             """INSERT INTO loras (profile_id, name, name_key, dir_name, created, trigger,
@@ -521,3 +622,14 @@ def _blob(embedding: IdentityEmbedding) -> bytes:
 
 def _embedding(encoder: str, blob: bytes, dim: int) -> IdentityEmbedding:
     return IdentityEmbedding(encoder, np.frombuffer(blob, dtype=_FLOAT32, count=dim))
+
+
+def _latent_blob(latent: np.ndarray) -> bytes:
+    return np.ascontiguousarray(latent, dtype=_FLOAT32).tobytes()
+
+
+def _latent(blob: bytes | None, rows: int, dim: int) -> np.ndarray | None:
+    """A stored W+ as a writable float32 ``[1, rows, dim]`` array (``None`` stays ``None``)."""
+    if blob is None:
+        return None
+    return np.frombuffer(blob, dtype=_FLOAT32, count=rows * dim).reshape(1, rows, dim).copy()

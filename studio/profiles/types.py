@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
+
+import numpy as np
 
 from studio.faces.encoders import IdentityEmbedding
 
@@ -35,6 +37,36 @@ class EncoderInfo:
 
 
 @dataclass(frozen=True, eq=False)
+class WPlus:
+    """A StyleGAN W+ latent ``[1, rows, dim]`` float32 (``[1, 18, 512]`` for FFHQ), as e4e
+    returns it: not unit-norm and not an identity embedding.
+
+    ``e4e`` names the weights that made it (W+ of different e4e files never mix). A photo's
+    W+ may be missing with a ``reason`` (e4e could not encode its face); ``refine_steps`` counts
+    the latent-optimisation steps that refined it. A profile's W+ is the mean over its ``photos``
+    accepted photos.
+    """
+
+    e4e: str
+    latent: np.ndarray | None
+    computed: datetime
+    photos: int = 1
+    refine_steps: int = 0
+    reason: str | None = None
+
+
+class WPlusEncoder(Protocol):
+    """Photos to W+ for the profile library (the torch side lives in :mod:`studio.wplus`)."""
+
+    key: str
+    """Which e4e weights make the W+ (stored with each W+)."""
+
+    def encode(self, photo: Path, face_index: int, face_count: int) -> np.ndarray:
+        """The W+ ``[1, rows, dim]`` of face ``face_index`` of ``face_count`` in ``photo``;
+        raises a :class:`~studio.errors.StudioError` saying why a face cannot be encoded."""
+
+
+@dataclass(frozen=True, eq=False)
 class Photo:
     """One photo of a profile, its 512-px head crop, embeddings and verdict.
 
@@ -57,6 +89,8 @@ class Photo:
     similarity: float | None
     notes: tuple[str, ...]
     embeddings: Mapping[str, IdentityEmbedding]
+    wplus: Mapping[str, WPlus] = field(default_factory=dict)
+    """The photo's W+ by e4e key (see :class:`WPlus`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,6 +155,9 @@ class Profile:
     photos: tuple[Photo, ...]
     means: Mapping[str, IdentityEmbedding]
     loras: tuple[ProfileLora, ...]
+    wplus: Mapping[str, WPlus] = field(default_factory=dict)
+    """The mean W+ of the accepted photos by e4e key; present once every accepted photo has
+    been through that e4e."""
 
     @property
     def accepted(self) -> tuple[Photo, ...]:
