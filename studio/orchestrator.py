@@ -170,15 +170,18 @@ class Studio:
         with self._gpu_lock:
             return self.wplus.preview(w_plus)
 
+    def _check_wplus(self, request: PortraitRequest) -> None:
+        """Before anything loads: the request's edits name known directions of a set with W+."""
+        if _asks_wplus(request):
+            self.wplus.require("--edit / --wplus-scale (W+)")
+        for name, _ in request.edits:
+            self.wplus.directions.edit(name)
+
     def _wplus_call(self, request: PortraitRequest, notes: list[str]) -> dict[str, Any]:
         """The pipeline's ``wplus`` / ``wplus_scale``: the profile's edited W+ when the request
         asks for it, or when the set's W+ files are here and the profile has (or gets) a W+."""
-        asked = any(amount for _, amount in request.edits) or request.wplus_scale is not None
-        if asked:
-            self.wplus.require("--edit / --wplus-scale (W+)")
-            for name, _ in request.edits:
-                self.wplus.directions.edit(name)  # unknown names fail before anything loads
-        elif not self.wplus.ready:
+        asked = _asks_wplus(request)
+        if not (asked or self.wplus.ready):
             return {}
         try:
             w_plus = self.profile_wplus(request.profile)
@@ -296,6 +299,7 @@ class Studio:
                 "a LoRA is training on this machine; wait until it finishes, or "
                 "cancel it (it can resume later), then generate"
             )
+        self._check_wplus(request)
         identity = self.identity(request.profile, use_lora=request.use_lora)
         style = get_style(self.styles, request.style) if request.style else None
         prompt, negative, knobs = self.prompt_for(request, identity)
@@ -510,6 +514,10 @@ def _lora_specs(identity: Identity, style: StylePreset | None) -> tuple[ActiveLo
         source = str(lora.path) if lora.path is not None else lora.repo
         specs.append(ActiveLora("style", source, lora.weight_name, lora.scale))
     return tuple(specs)
+
+
+def _asks_wplus(request: PortraitRequest) -> bool:
+    return any(amount for _, amount in request.edits) or request.wplus_scale is not None
 
 
 def _wplus_record(pipe, request: PortraitRequest, e4e: str) -> dict[str, Any]:

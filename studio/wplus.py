@@ -24,6 +24,7 @@ from studio.faces.align import (
 from studio.faces.analyzer import FaceAnalyzer
 from studio.faces.types import AlignedFace, Face
 from studio.images import ImageLoadError, load_image
+from studio.profiles.errors import PhotoWPlusError
 
 PREVIEW_SIZE = 256
 """Side of the StyleGAN preview images the studio shows."""
@@ -90,15 +91,19 @@ class PhotoWPlusEncoder:
         self._analyzer = analyzer
 
     def encode(self, photo: Path, face_index: int, face_count: int) -> np.ndarray:
+        e4e = self._e4e()  # missing weights stop here, before any photo is judged
         try:
             rgb = load_image(photo).rgb
         except ImageLoadError as exc:
-            raise StudioError(f"cannot read the photo for W+: {exc}") from exc
+            raise PhotoWPlusError(f"cannot read the photo for W+: {exc}") from exc
         faces = self._analyzer().analyze(rgb)
         if len(faces) != face_count:
-            raise StudioError(
+            raise PhotoWPlusError(
                 f"found {len(faces)} faces where the profile recorded {face_count}, so the "
                 "profile's face is unclear for W+"
             )
-        w_plus = photo_wplus(self._e4e(), rgb, face_points(faces[face_index]))
+        try:
+            w_plus = photo_wplus(e4e, rgb, face_points(faces[face_index]))
+        except StudioError as exc:  # a face too small for e4e
+            raise PhotoWPlusError(str(exc)) from exc
         return w_plus.float().cpu().numpy()

@@ -150,7 +150,7 @@ def test_a_database_is_upgraded_in_order_and_keeps_its_data(library, faces_dir):
     library.close()
     db = library.root / DATABASE_NAME
     now, later = SCHEMA_VERSION, SCHEMA_VERSION + 1
-    assert SCHEMA_VERSION == 2 and _query(db, "PRAGMA user_version") == [(now,)]
+    assert SCHEMA_VERSION == 3 and _query(db, "PRAGMA user_version") == [(now,)]
 
     for _ in range(2):  # the second opening finds nothing to do
         store = ProfileStore(db, (*MIGRATIONS, LATER))

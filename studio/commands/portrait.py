@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from studio.cli_common import speed_options
+from studio.commands.wplus import edit_options
 from studio.settings import Settings
 
 
@@ -32,6 +33,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--models", default="tiny", help="model set (default: tiny)")
     p.add_argument("--out", type=Path, help="output folder (default: the history folder)")
+    edit_options(p, scale=True)
     speed_options(p)
     p.set_defaults(handler=run)
 
@@ -58,6 +60,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         identity_scale=args.identity_scale,
         use_lora=not args.no_lora,
         stages=tuple(args.stage),
+        edits=tuple(args.edits),
+        wplus_scale=args.wplus_scale,
     )
     result = studio.generate(request, out_dir=args.out)
     for note in result.notes:

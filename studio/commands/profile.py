@@ -8,7 +8,13 @@ profile was created or updated, 1 otherwise. ``show --json`` prints one object: 
 ``stored_as``, ``accepted``, ``reasons``, ``similarity`` (float or null), ``notes``}, and
 ``loras``, oldest first, a list of {``name``, ``path``, ``trigger``, ``class_word``, ``family``,
 ``model_set``, ``steps``, ``best_step`` (int or null), ``best_similarity`` (float or null),
-``created``}.
+``created``}, and ``wplus``, the profile's StyleGAN W+ by e4e, a list of {``e4e``, ``photos``
+(how many accepted photos the mean is of), ``computed``}; each photo also has ``wplus``, a list of
+{``e4e``, ``ok``, ``reason`` (string or null), ``refine_steps``}.
+
+``create`` and ``add`` take ``--models SET``: when that set's e4e is on this machine (the tiny set
+builds its own), each photo's W+ is computed at intake; otherwise on first use
+(``profile wplus``, or a portrait on a set with the W+ adapter).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+from studio.commands.wplus import register_profile_wplus
 from studio.errors import StudioError
 from studio.faces.analyzer import DEFAULT_ENCODER
 from studio.faces.encoders import ENCODERS
@@ -59,11 +66,13 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         choices=sorted(ENCODERS),
         help=f"identity encoder, repeatable; the first finds outliers (default {DEFAULT_ENCODER})",
     )
+    _models_option(create)
     create.set_defaults(handler=create_profile)
 
     add = psub.add_parser("add", parents=[common], help="add photos to a profile")
     add.add_argument("name", metavar="NAME")
     add.add_argument("photos", nargs="+", metavar="PATH", help="photos or folders of photos")
+    _models_option(add)
     add.set_defaults(handler=add_photos)
 
     remove = psub.add_parser("remove", parents=[common], help="remove photos from a profile")
@@ -83,6 +92,25 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     delete.add_argument("name", metavar="NAME")
     delete.set_defaults(handler=delete_profile)
 
+    register_profile_wplus(psub, common)
+
+
+def _models_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models",
+        help="compute each photo's W+ at intake with this model set's e4e, when it is here",
+    )
+
+
+def _library(args: argparse.Namespace, settings: Settings) -> ProfileLibrary:
+    """The library; with ``--models``, one that computes W+ at intake when the e4e is here."""
+    if not getattr(args, "models", None):
+        return ProfileLibrary.from_settings(settings)
+    from studio.orchestrator import Studio
+
+    studio = Studio(settings, args.models)
+    return ProfileLibrary.from_settings(settings, studio.wplus.encoder(intake=True))
+
 
 def _storage_errors(handler: Handler) -> Handler:
     """Report storage failures (disk full, permissions, I/O) as errors, not tracebacks."""
@@ -99,7 +127,7 @@ def _storage_errors(handler: Handler) -> Handler:
 
 @_storage_errors
 def create_profile(args: argparse.Namespace, settings: Settings) -> int:
-    with ProfileLibrary.from_settings(settings) as library:
+    with _library(args, settings) as library:
         change = library.create(
             args.name,
             args.photos,
@@ -112,7 +140,7 @@ def create_profile(args: argparse.Namespace, settings: Settings) -> int:
 
 @_storage_errors
 def add_photos(args: argparse.Namespace, settings: Settings) -> int:
-    with ProfileLibrary.from_settings(settings) as library:
+    with _library(args, settings) as library:
         change = library.add(args.name, args.photos)
     _print_change(change, "updated")
     return 0
@@ -168,10 +196,12 @@ def show_profile(args: argparse.Namespace, settings: Settings) -> int:
         quoted = photo.similarity is None or photo.reasons  # reasons quote it already
         similarity = "" if quoted else f"  similarity {photo.similarity:.2f}"
         details = "; ".join((*photo.reasons, *photo.notes))
+        wplus = " [W+]" if any(w.latent is not None for w in photo.wplus.values()) else ""
         print(
-            f"    {status}  {photo.file} [{photo.stored_name}]{similarity}"
+            f"    {status}  {photo.file} [{photo.stored_name}]{similarity}{wplus}"
             + (f": {details}" if details else "")
         )
+    print(f"  W+:       {_wplus_line(profile)}")
     print(f"  loras:    {len(profile.loras) or 'none'}")
     for lora in profile.loras:
         print(f"    {_lora_line(lora)}")
@@ -209,8 +239,21 @@ def profile_record(profile: Profile) -> dict[str, Any]:
                 "reasons": list(photo.reasons),
                 "similarity": None if photo.similarity is None else round(photo.similarity, 4),
                 "notes": list(photo.notes),
+                "wplus": [
+                    {
+                        "e4e": w.e4e,
+                        "ok": w.latent is not None,
+                        "reason": w.reason,
+                        "refine_steps": w.refine_steps,
+                    }
+                    for w in photo.wplus.values()
+                ],
             }
             for photo in profile.photos
+        ],
+        "wplus": [
+            {"e4e": w.e4e, "photos": w.photos, "computed": w.computed.isoformat()}
+            for w in profile.wplus.values()
         ],
         "loras": [
             {
@@ -230,6 +273,30 @@ def profile_record(profile: Profile) -> dict[str, Any]:
             for lora in profile.loras
         ],
     }
+
+
+def _wplus_line(profile: Profile) -> str:
+    """Whether the profile has a W+ (per e4e), and how many accepted photos have theirs."""
+    if not profile.wplus and not any(p.wplus for p in profile.accepted):
+        return (
+            "none yet (computed on first use on a model set with the W+ adapter, or with "
+            "`python -m studio profile wplus NAME`)"
+        )
+    keys = dict.fromkeys(k for p in profile.accepted for k in p.wplus) | dict.fromkeys(
+        profile.wplus
+    )
+    parts = []
+    for key in keys:
+        have = sum(
+            1 for p in profile.accepted if key in p.wplus and p.wplus[key].latent is not None
+        )
+        mean = (
+            f"profile W+ of {profile.wplus[key].photos}"
+            if key in profile.wplus
+            else "no profile W+"
+        )
+        parts.append(f"{key}: {mean}; {have} of {len(profile.accepted)} accepted photos have W+")
+    return " | ".join(parts)
 
 
 def _lora_line(lora: ProfileLora) -> str:

@@ -35,3 +35,8 @@ class PhotoNotFoundError(ProfileError):
 
 class LibraryError(ProfileError):
     """The library's database cannot be opened, read or upgraded."""
+
+
+class PhotoWPlusError(ProfileError):
+    """e4e cannot encode this photo's face (too small, not found again); the photo keeps the
+    reason in place of a W+ and the profile's W+ is made from the others."""

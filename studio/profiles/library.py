@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from studio.errors import StudioError
 from studio.faces.analyzer import DEFAULT_ENCODER, FaceAnalyzer, analyzer_from_settings
 from studio.faces.encoders import mean_embedding
 from studio.profiles.errors import (
@@ -51,6 +50,7 @@ from studio.profiles.errors import (
     LibraryError,
     NoUsablePhotosError,
     PhotoNotFoundError,
+    PhotoWPlusError,
     ProfileError,
     ProfileExistsError,
     ProfileNameError,
@@ -555,7 +555,7 @@ class ProfileLibrary:
                 found[photo.stored_name] = WPlus(
                     self._wplus.key, np.asarray(latent, dtype=np.float32), _now()
                 )
-            except StudioError as exc:
+            except PhotoWPlusError as exc:
                 logger.info("%s: no W+: %s", photo.original_name, exc)
                 found[photo.stored_name] = WPlus(self._wplus.key, None, _now(), reason=str(exc))
         return found

@@ -63,7 +63,8 @@ class WPlusEncoder(Protocol):
 
     def encode(self, photo: Path, face_index: int, face_count: int) -> np.ndarray:
         """The W+ ``[1, rows, dim]`` of face ``face_index`` of ``face_count`` in ``photo``;
-        raises a :class:`~studio.errors.StudioError` saying why a face cannot be encoded."""
+        raises a :class:`~studio.profiles.errors.PhotoWPlusError` saying why this face cannot be
+        encoded (any other error, e.g. missing weights, stops the edit)."""
 
 
 @dataclass(frozen=True, eq=False)
