@@ -125,6 +125,13 @@ def test_portrait_mistakes_before_a_profile_exists(tiny_env, capsys):
     _fails(capsys, [*a, "--identity-scale", "3"], "identity strength 3.0", "use 0 to 1.5")
     _fails(capsys, ["portrait", "--profile", "A", "--models", "nope"], "--models 'nope'")
     _fails(capsys, ["portrait", "--profile", "A", "--seed", "x"], "--seed", code=2)
+    _fails(capsys, [*a, "--edit", "age"], "--edit", "'age'", "NAME=AMOUNT", code=2)
+    _fails(capsys, [*a, "--edit", "age=old"], "--edit", "'age=old'", "NAME=AMOUNT", code=2)
+    _fails(capsys, [*a, "--edit", "age=9"], "--edit", "amount 9 is out of range", code=2)
+    _fails(capsys, [*a, "--wplus-scale", "x"], "--wplus-scale", code=2)
+    _fails(capsys, [*a, "--wplus-scale", "3"], "W+ scale 3.0", "use 0 to 1.5")
+    _fails(capsys, [*a, "--edit", "gills=1"], "unknown edit direction 'gills'", "age, smile")
+    _fails(capsys, [*a, "--edit", "age=1", "--models", "tiny-xl"], "'tiny-xl' has none")
 
 
 def test_portrait_mistakes_with_a_profile(tiny_env, faces_dir, capsys, tmp_path, missing, junk):
