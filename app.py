@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio import webui
+from studio import webui, webui_wplus
 from studio.cli_common import setup_logging
 from studio.errors import StudioError
 from studio.limits import MAX_IDENTITY_SCALE, MAX_IMAGES, MAX_SEED
@@ -219,6 +219,7 @@ def build_demo(studio: Studio, *, banner: str | None = None) -> gr.Blocks:
                         steps = gr.Slider(
                             1, 100, value=default_steps, step=1, label="Steps", elem_id="gen-steps"
                         )
+                        wplus = webui_wplus.build_wplus_section(studio)
                         run = gr.Button("Generate", variant="primary", elem_id="gen-run")
                     with gr.Column(scale=2):
                         gallery = gr.Gallery(
@@ -304,13 +305,14 @@ def build_demo(studio: Studio, *, banner: str | None = None) -> gr.Blocks:
         style.change(partial(webui.style_details, studio), style, [style_info, identity], **PRIVATE)
         show_history = partial(webui.history, studio)
         run.click(
-            partial(webui.generate, studio),
-            [gen_profile, style, prompt, pose, identity, number, seed, steps],
+            partial(webui_wplus.generate, studio, wplus.names),
+            [gen_profile, style, prompt, pose, identity, number, seed, steps, *wplus.inputs],
             [gallery, files, seeds, notes],
             api_name="generate",
             **GPU,
         ).success(show_history, None, [history_gallery, records], **PRIVATE)
         gallery.select(_selected_seed, seeds, seed, **PRIVATE)
+        webui_wplus.wire(wplus, studio, gen_profile, GPU)
 
         # History
         refresh.click(show_history, None, [history_gallery, records], api_name="history")

@@ -232,8 +232,12 @@ def generate(
     seed: float | None,
     steps: float,
     progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's convention)
+    *,
+    edits: tuple[tuple[str, float], ...] = (),
+    wplus_scale: float | None = None,
 ) -> Generated:
-    """Portraits of a profile in a style and/or from a prompt, scored and saved."""
+    """Portraits of a profile in a style and/or from a prompt, scored and saved; ``edits`` and
+    ``wplus_scale`` come from the W+ section (:mod:`studio.webui_wplus`)."""
     if seed is None:
         raise gr.Error(f"enter a seed from 0 to {MAX_SEED}")
     if not 1 <= num_images <= MAX_IMAGES:
@@ -247,6 +251,8 @@ def generate(
         seed=int(seed),
         steps=int(steps),
         identity_scale=float(identity_scale),
+        edits=edits,
+        wplus_scale=wplus_scale,
     )
     with user_errors(*filter(None, [pose])):
         result = studio.generate(request)

@@ -124,6 +124,13 @@ def test_create_a_profile_by_upload_and_generate_in_a_browser(page, served, face
     seed.fill("9")
     page.locator("#gen-gallery img").first.click()  # reuse its seed
     expect(seed).to_have_value("0")
+    # W+: move the age slider and preview the edited face beside the profile photo
+    age = page.locator("#gen-edit-age input[type=number]")
+    age.fill("2")
+    age.press("Enter")
+    page.locator("#gen-wplus-run").click()
+    expect(page.locator("#gen-wplus-photo img")).to_be_visible()
+    expect(page.locator("#gen-wplus-preview img")).to_be_visible()
     _screenshot(page, "generate")
 
     # History: the new portrait and its parameters
