@@ -117,8 +117,9 @@ def refine_wplus(
     if target.ndim != 4 or target.shape[:2] != (1, 3) or target.shape[-1] != target.shape[-2]:
         raise ValueError(f"target must be a square crop [1, 3, S, S], got {list(target.shape)}")
     device = w_plus.device
-    start = w_plus.detach().float()
-    target = target.detach().to(device=device, dtype=torch.float32)
+    # Clones: inputs made under torch.inference_mode cannot take part in autograd.
+    start = w_plus.detach().float().clone()
+    target = target.detach().to(device=device, dtype=torch.float32).clone()
     latent = start.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([latent], lr=settings.learning_rate)
     frozen = [generator] + ([recognizer] if isinstance(recognizer, nn.Module) else [])

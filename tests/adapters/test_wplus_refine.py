@@ -52,8 +52,10 @@ def test_refinement_moves_toward_the_latent_that_rendered_the_target(generator, 
     assert run.last_loss < run.first_loss / 2
     assert run.w_plus.shape == start.shape and not run.w_plus.requires_grad
     assert (run.w_plus - w_true).norm() < (start - w_true).norm()
-    # The same inputs give the same result.
-    again = refine_wplus(generator, start, target, 8, settings=FIT)
+    # The same inputs give the same result, also when they were made under inference mode.
+    with torch.inference_mode():
+        start_inference, target_inference = start.clone(), target.clone()
+    again = refine_wplus(generator, start_inference, target_inference, 8, settings=FIT)
     torch.testing.assert_close(again.w_plus, run.w_plus, rtol=0, atol=0)
 
 
