@@ -13,6 +13,8 @@ MAX_IDENTITY_SCALE = 1.5
 MAX_WPLUS_SCALE = 1.5
 MAX_EDIT_AMOUNT = 5.0
 """Largest W+ edit amount either way (e4e's InterFaceGAN edits use about 3)."""
+MAX_REFINE_STEPS = 500
+"""Latent-optimisation steps of one W+ refinement."""
 MIN_SIDE = 64
 MAX_SIDE = 2048
 SIDE_MULTIPLE = 8

@@ -24,7 +24,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from studio.faces.condition import pose_condition
 from studio.faces.encoders import IdentityEmbedding, mean_embedding
 from studio.host import ActiveLora, PipelineHost
 from studio.images import ImageLoadError, load_image
+from studio.limits import MAX_REFINE_STEPS, check_range
 from studio.models import select_model_set
 from studio.outputs import GenerationRecord, save_image
 from studio.profiles.errors import ProfileError
@@ -59,12 +60,15 @@ from studio.stages import (
 )
 from studio.styles import StylePreset, get_style, load_styles, user_styles_dir
 from studio.training.run_folder import slug
+from studio.wplus import face_points
 from studio.wplus_models import WPlusModels
 
 logger = logging.getLogger(__name__)
 
 PORTRAITS_DIR = "portraits"
 DEFAULT_SUBJECT = "a person"
+IR_SE50_WEIGHTS = "ir_se50"
+"""``--weights ir_se50=PATH``: the IR-SE50 model that adds an identity term to W+ refinement."""
 SCORING_ENCODERS = ("sface", "dlib")
 """Recognizers that score likeness, in order of preference; the adapter's own is skipped."""
 
@@ -163,6 +167,56 @@ class Studio:
         with self.library(wplus=True) as lib:
             found = lib.ensure_wplus(profile)
         return torch.from_numpy(found.latent)
+
+    def refine_wplus(
+        self,
+        profile: str,
+        steps: int,
+        *,
+        on_progress: Callable[[int, int, float], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> tuple[str, ...]:
+        """Refine each accepted photo's stored W+ by ``steps`` of latent optimisation against
+        the photo (:mod:`studio.wplus_refine`), store them and the new profile W+; returns a
+        report per photo. The identity term needs ``--weights ir_se50=model_ir_se50.pth``."""
+        from studio.wplus_refine import refine_photo_wplus
+
+        check_range("W+ refinement steps", steps, 1, MAX_REFINE_STEPS)
+        self.profile_wplus(profile)  # every accepted photo has been through the e4e
+        with self.library(wplus=True) as lib:
+            found = lib.get(profile)
+        key, reports = self.wplus.key, []
+        for photo in found.accepted:
+            stored = photo.wplus.get(key)
+            if stored is None or stored.latent is None:
+                continue
+            rgb = load_image(photo.path).rgb
+            with self._faces_lock:
+                faces = self.analyzer(DEFAULT_ENCODER).analyze(rgb)
+            if len(faces) != photo.face_count:
+                continue
+            with self._gpu_lock:
+                result = refine_photo_wplus(
+                    self.wplus.e4e(),
+                    rgb,
+                    face_points(faces[photo.face_index]),
+                    steps,
+                    w_plus=torch.from_numpy(stored.latent),
+                    recognizer=self.settings.weights.get(IR_SE50_WEIGHTS),
+                    analyzer=self.analyzer(DEFAULT_ENCODER),
+                    on_progress=on_progress,
+                    stop=stop,
+                )
+            refined = replace(
+                stored,
+                latent=result.w_plus.detach().float().cpu().numpy(),
+                computed=datetime.now(timezone.utc).replace(microsecond=0),
+                refine_steps=stored.refine_steps + result.refinement.steps,
+            )
+            with self.library(wplus=True) as lib:
+                lib.set_photo_wplus(found.name, photo.stored_name, refined)
+            reports.append(f"{photo.file}: {result.report()}")
+        return tuple(reports)
 
     def wplus_preview(self, profile: str, edits: tuple[tuple[str, float], ...] = ()) -> np.ndarray:
         """The StyleGAN rendering of the profile's W+ with ``edits``, RGB ``uint8``."""

@@ -1,5 +1,6 @@
 """The Generate tab's W+ section: a slider per edit direction, the W+ strength, and a StyleGAN
-preview of the edited face beside the profile's photo.
+preview of the edited face beside the profile's photo; optionally the profile's W+ is refined
+first by latent optimisation against its photos (with a progress bar) and stored refined.
 
 :func:`build_wplus_section` lays it out (hidden on a model set without the W+ adapter) and
 :func:`wire` binds its events; :func:`generate` is the Generate button's handler with the
@@ -18,12 +19,13 @@ import gradio as gr
 import numpy as np
 
 from studio import webui
-from studio.limits import MAX_EDIT_AMOUNT, MAX_WPLUS_SCALE
+from studio.limits import MAX_EDIT_AMOUNT, MAX_REFINE_STEPS, MAX_WPLUS_SCALE
 from studio.orchestrator import Studio
 
 DEFAULT_WPLUS_SCALE = 1.0
 """The adapter's own strength; the slider at this value asks for nothing."""
 EDIT_STEP = 0.25
+DEFAULT_REFINE_STEPS = 20
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class WPlusSection:
     preview: gr.Image
     scale: gr.Slider
     sliders: tuple[gr.Slider, ...]
+    refine: gr.Checkbox
+    refine_steps: gr.Slider
+    report: gr.Markdown
     run: gr.Button
 
     @property
@@ -71,17 +76,27 @@ def section_note(studio: Studio) -> str:
 
 
 def preview(
-    studio: Studio, names: Sequence[str], profile: str | None, *amounts: float
-) -> tuple[str | None, np.ndarray | None]:
-    """The profile's first accepted photo and the StyleGAN rendering of its edited W+."""
+    studio: Studio,
+    names: Sequence[str],
+    profile: str | None,
+    refine: bool,
+    refine_steps: float,
+    *amounts: float,
+    progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's convention)
+) -> tuple[str | None, np.ndarray | None, str]:
+    """The profile's first accepted photo, the StyleGAN rendering of its edited W+, and the
+    refinement's report when ``refine`` asked to refine the stored W+ first."""
     if not profile:
         raise gr.Error("choose a profile first")
+    reports: tuple[str, ...] = ()
     with webui.user_errors():
         with studio.library() as library:
             found = library.get(profile)
+        if refine:
+            reports = studio.refine_wplus(profile, int(refine_steps))
         image = studio.wplus_preview(profile, edits_from(names, amounts))
     photo = str(found.accepted[0].crop_path) if found.accepted else None
-    return photo, image
+    return photo, image, "\n\n".join(r.replace("\n", "; ") for r in reports)
 
 
 def generate(
@@ -148,8 +163,23 @@ def build_wplus_section(studio: Studio) -> WPlusSection:
             )
             for name in names
         )
+        with gr.Row():
+            refine = gr.Checkbox(
+                False,
+                label="Refine the W+ first (latent optimisation against the photos; slow)",
+                elem_id="gen-wplus-refine",
+            )
+            refine_steps = gr.Slider(
+                1,
+                MAX_REFINE_STEPS,
+                value=DEFAULT_REFINE_STEPS,
+                step=1,
+                label="Refinement steps",
+                elem_id="gen-wplus-refine-steps",
+            )
         run = gr.Button("Preview edits", elem_id="gen-wplus-run")
-    return WPlusSection(names, photo, shown, scale, sliders, run)
+        report = gr.Markdown(elem_id="gen-wplus-report")
+    return WPlusSection(names, photo, shown, scale, sliders, refine, refine_steps, report, run)
 
 
 def wire(
@@ -157,8 +187,8 @@ def wire(
 ) -> None:
     """Bind the preview to its button and to a new profile; ``queue`` is the GPU queue's."""
     handler = partial(preview, studio, section.names)
-    inputs = [profile, *section.sliders]
-    outputs = [section.photo, section.preview]
+    inputs = [profile, section.refine, section.refine_steps, *section.sliders]
+    outputs = [section.photo, section.preview, section.report]
     section.run.click(handler, inputs, outputs, api_name="wplus_preview", **queue)
     if studio.wplus.ready:
         profile.input(handler, inputs, outputs, api_visibility="private", **queue)

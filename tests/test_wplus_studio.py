@@ -200,6 +200,8 @@ def test_cli_profile_wplus_preview_show_and_portrait_with_edits(tiny_env, faces_
     out = capsys.readouterr().out
     assert "person_a_1.jpg: W+" in out and f"profile W+: mean of 2 photos ({KEY})" in out
     assert Image.open(preview).size == (256, 256)
+    assert main(["profile", "wplus", "Ada", "--refine", "900"]) == 1
+    assert "W+ refinement steps 900 is out of range" in capsys.readouterr().err
     assert main(["profile", "show", "Ada", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["wplus"][0]["e4e"] == KEY and shown["wplus"][0]["photos"] == 2

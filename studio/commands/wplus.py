@@ -3,7 +3,9 @@
 it, edited, through the StyleGAN generator as a preview.
 
 ``profile wplus`` prints one line per accepted photo (``FILE: W+`` or ``FILE: no W+: REASON``),
-then ``profile W+: mean of N photos (E4E KEY)`` and, with ``--out``, the preview's path.
+then ``profile W+: mean of N photos (E4E KEY)`` and, with ``--out``, the preview's path. With
+``--refine STEPS`` each photo's W+ is first refined by that many steps of latent optimisation
+against the photo (a progress bar per photo, then its report) and stored refined.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from studio.limits import MAX_EDIT_AMOUNT, MAX_WPLUS_SCALE
+from studio.limits import MAX_EDIT_AMOUNT, MAX_REFINE_STEPS, MAX_WPLUS_SCALE
 from studio.settings import Settings
 
 
@@ -67,6 +69,15 @@ def register_profile_wplus(psub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default="tiny", help="model set whose e4e to use (default: tiny)")
     p.add_argument("--out", type=Path, help="write the StyleGAN preview to this PNG")
     p.add_argument("--list-edits", action="store_true", help="list the edit directions and exit")
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help=f"refine each photo's W+ by STEPS (1 to {MAX_REFINE_STEPS}) of latent optimisation "
+        "against the photo, and store it (slow; the identity term needs --weights "
+        "ir_se50=model_ir_se50.pth)",
+    )
     edit_options(p, scale=False)
     p.set_defaults(handler=profile_wplus)
 
@@ -86,6 +97,9 @@ def profile_wplus(args: argparse.Namespace, settings: Settings) -> int:
     for name, _ in edits:
         studio.wplus.directions.edit(name)  # unknown names fail before the e4e loads
     studio.profile_wplus(args.name)
+    if args.refine:
+        for report in studio.refine_wplus(args.name, args.refine):
+            print(report)
     with studio.library() as library:
         profile = library.get(args.name)
     key = studio.wplus.key

@@ -9,9 +9,10 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
+import torch
 from gradio_client import Client
 
-from studio import webui_wplus
+from studio import webui, webui_wplus
 from studio.orchestrator import Studio
 
 NAMES = ("age", "smile", "glasses", "eye_openness")
@@ -25,14 +26,32 @@ def test_sliders_follow_the_model_sets_directions(studio, ui_settings):
 
 
 def test_preview_shows_the_photo_and_the_edited_stylegan_face(studio, ada):
-    photo, plain = webui_wplus.preview(studio, NAMES, ada, 0, 0, 0, 0)
+    photo, plain, report = webui_wplus.preview(studio, NAMES, ada, False, 5, 0, 0, 0, 0)
     assert Path(photo).is_file() and plain.shape == (256, 256, 3) and plain.dtype == np.uint8
-    _, older = webui_wplus.preview(studio, NAMES, ada, 3, 0, 0, 0)
+    assert report == ""
+    _, older, _ = webui_wplus.preview(studio, NAMES, ada, False, 5, 3, 0, 0, 0)
     assert not np.array_equal(plain, older)
     with pytest.raises(gr.Error, match="choose a profile"):
-        webui_wplus.preview(studio, NAMES, None, 0, 0, 0, 0)
+        webui_wplus.preview(studio, NAMES, None, False, 5, 0, 0, 0, 0)
     with pytest.raises(gr.Error, match="no profile named 'Nobody'"):
-        webui_wplus.preview(studio, NAMES, "Nobody", 0, 0, 0, 0)
+        webui_wplus.preview(studio, NAMES, "Nobody", False, 5, 0, 0, 0, 0)
+    with pytest.raises(gr.Error, match="W\\+ refinement steps 0 is out of range"):
+        webui_wplus.preview(studio, NAMES, ada, True, 0, 0, 0, 0, 0)
+
+
+@pytest.mark.slow
+def test_refining_stores_the_refined_wplus_and_reports_each_photo(studio, uploads):
+    webui.create_profile(studio, "Rey", [uploads["person_b_1"]], True)
+    before = studio.profile_wplus("Rey")
+    _, refined, report = webui_wplus.preview(studio, NAMES, "Rey", True, 1, 0, 0, 0, 0)
+    assert report.startswith("person_b_1.jpg: W+ refinement: 1/1 steps")
+    after = studio.profile_wplus("Rey")
+    assert after.shape == before.shape and not torch.equal(after, before)
+    with studio.library() as library:
+        photo = library.get("Rey").photos[0]
+    assert photo.wplus[studio.wplus.key].refine_steps == 1
+    _, again, _ = webui_wplus.preview(studio, NAMES, "Rey", False, 1, 0, 0, 0, 0)
+    np.testing.assert_array_equal(again, refined)  # the refined W+ is what the profile keeps
 
 
 @pytest.mark.slow
@@ -51,5 +70,5 @@ def test_generate_passes_the_sliders_as_edits(studio, ada):
 
 def test_wplus_preview_endpoint(served, ada):
     client = Client(served, verbose=False)
-    photo, preview = client.predict(ada, 1.0, 0, 0, 0, api_name="/wplus_preview")
+    photo, preview, _ = client.predict(ada, False, 5, 1.0, 0, 0, 0, api_name="/wplus_preview")
     assert Path(photo).is_file() and Path(preview).is_file()
