@@ -33,6 +33,8 @@ from studio.speed import attention_backend, compile_denoiser, fit_vae, place
 
 logger = logging.getLogger(__name__)
 
+WPLUS_ADAPTER = "wplus_adapter"
+"""The catalog component of a set's W+ adapter (loaded before offload and compilation)."""
 OFFLOAD_NOTE = "the GPU ran out of memory, so models now move to the GPU only while used"
 
 DERIVED: dict[str, Callable[[BaseFamily], type]] = {}
@@ -51,8 +53,8 @@ def build_pipeline(model_set: ModelSet, settings: Settings, *, identity: bool = 
     """Load the set's base pipeline onto the configured device and dtype, placed with the
     settings' offload mode and compiled when ``settings.compile``.
 
-    With ``identity`` the family's identity adapter is loaded and its pose ControlNet (when the
-    set has one) is attached.
+    With ``identity`` the family's identity adapter is loaded, its pose ControlNet (when the
+    set has one) is attached, and the set's W+ adapter is loaded when its file is here.
     """
     family = model_set.base_family
     resolver = ModelResolver(settings)
@@ -74,6 +76,9 @@ def build_pipeline(model_set: ModelSet, settings: Settings, *, identity: bool = 
     pipe = family.pipeline_class().from_pretrained(base, **kwargs)
     if identity:
         pipe.load_identity_adapter(resolver.resolve(model_set, family.adapter_component))
+        wplus = model_set.components.get(WPLUS_ADAPTER)
+        if wplus and (wplus.source == "builtin" or resolver.find_local(model_set, wplus.name)):
+            pipe.load_wplus_adapter(resolver.resolve(model_set, wplus.name))
     pipe.set_progress_bar_config(leave=False)
     place(pipe, settings.offload, settings.torch_device())
     if settings.compile:

@@ -20,13 +20,14 @@ from adapters.e4e import E4E, load_e4e
 from studio.directions import DirectionRegistry, check_edits
 from studio.errors import StudioError
 from studio.faces.analyzer import FaceAnalyzer
+from studio.host import WPLUS_ADAPTER
 from studio.models.catalog import ModelSet
 from studio.models.resolver import ModelResolver
 from studio.settings import Settings
 from studio.wplus import PhotoWPlusEncoder, render_preview
 
 E4E_COMPONENT = "e4e"
-ADAPTER_COMPONENT = "wplus_adapter"
+ADAPTER_COMPONENT = WPLUS_ADAPTER
 
 
 class WPlusModels:

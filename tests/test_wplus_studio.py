@@ -18,8 +18,9 @@ from adapters.wplus import read_wplus_adapter
 from pipelines import PortraitPipeline
 from studio.cli import main
 from studio.directions import DirectionRegistry, user_directions_dir
-from studio.errors import StudioError
+from studio.errors import ConfigError, StudioError
 from studio.models import select_model_set
+from studio.models.catalog import parse_catalog
 from studio.models.resolver import ModelResolver
 from studio.orchestrator import PortraitRequest, Studio
 from studio.profiles.library import DATABASE_NAME, ProfileLibrary
@@ -184,6 +185,36 @@ def test_python_pipeline_route_with_the_profiles_wplus(ada):
 
     assert not np.allclose(run(wplus=wplus), run())
     np.testing.assert_array_equal(run(wplus=wplus, wplus_scale=0.0), run())
+
+
+# The catalog
+
+
+def test_real_set_names_the_published_w_plus_files_and_their_licences():
+    sd15 = select_model_set("sd15")
+    e4e, adapter = sd15.components["e4e"], sd15.components["wplus_adapter"]
+    assert e4e.source == adapter.source == "url" and e4e.optional and adapter.optional
+    assert e4e.url.endswith("/releases/download/v1/e4e_ffhq_encode.pt")
+    assert "MIT" in e4e.licence and "NVIDIA" in e4e.licence and "non-commercial" in e4e.licence
+    assert "NTU S-Lab" in adapter.licence and "non-commercial" in adapter.licence
+    assert {"direction_age", "direction_smile", "ganspace_pca"} <= set(sd15.components)
+    assert "e4e" not in select_model_set("tiny-xl").components
+    raw = {"source": "url", "repo": "a/b", "kind": "file", "format": "csv", "licence": "x"}
+    with pytest.raises(ConfigError, match="a url component needs 'repo', 'url' and one file"):
+        parse_catalog(
+            {
+                "schema": 1,
+                "sets": {
+                    "s": {
+                        "family": "sd15",
+                        "components": {
+                            "base": {**raw, "files": ["f"], "url": "https://x/f"},
+                            "broken": raw,
+                        },
+                    }
+                },
+            }
+        )
 
 
 # The command line

@@ -235,9 +235,10 @@ def _build_directions(out: Path) -> None:
     glasses = torch.zeros(18, TINY_W_DIM)
     glasses[4:8] = unit(1, TINY_W_DIM)
     np.save(out / "glasses.npy", glasses.numpy().astype(np.float32))
-    comp = torch.linalg.qr(torch.randn(TINY_W_DIM, TINY_GANSPACE_COMPONENTS, generator=generator))[
-        0
-    ].T.reshape(TINY_GANSPACE_COMPONENTS, 1, TINY_W_DIM)
+    basis, _ = torch.linalg.qr(
+        torch.randn(TINY_W_DIM, TINY_GANSPACE_COMPONENTS, generator=generator)
+    )
+    comp = basis.T.reshape(TINY_GANSPACE_COMPONENTS, 1, TINY_W_DIM)  # orthonormal components
     pca = {
         "mean": torch.randn(1, TINY_W_DIM, generator=generator) * 0.1,
         "comp": comp.contiguous(),
