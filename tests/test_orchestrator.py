@@ -132,7 +132,7 @@ class OutOfMemoryOnce:
 
     def __init__(self, pipe, failures: int):
         self.pipe, self.failures, self.offloaded = pipe, failures, False
-        self.scheduler = pipe.scheduler
+        self.scheduler, self.wplus_schedule = pipe.scheduler, pipe.wplus_schedule
 
     def __call__(self, **kwargs):
         if self.failures:
