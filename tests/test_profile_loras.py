@@ -238,7 +238,7 @@ def test_a_v1_library_is_upgraded_and_its_profiles_get_loras(tmp_path):
         lora = library.add_lora("A", _lora_folder(tmp_path / "run"), METADATA, lora_name="one")
         assert library.get("A").loras == (lora,)
     assert _query(root / DATABASE_NAME, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     assert (root / dir_name("A") / "photos" / "a.jpg").read_bytes() == b"image"
 
 
@@ -264,6 +264,7 @@ def test_profile_show_and_list_name_the_loras(studio_env, faces_dir, tmp_path, c
         "counts",
         "photos",
         "loras",
+        "wplus",
     ]
     assert shown["loras"] == [
         {

@@ -251,10 +251,6 @@ def profile_record(profile: Profile) -> dict[str, Any]:
             }
             for photo in profile.photos
         ],
-        "wplus": [
-            {"e4e": w.e4e, "photos": w.photos, "computed": w.computed.isoformat()}
-            for w in profile.wplus.values()
-        ],
         "loras": [
             {
                 "name": lora.name,
@@ -271,6 +267,10 @@ def profile_record(profile: Profile) -> dict[str, Any]:
                 "created": lora.created.isoformat(),
             }
             for lora in profile.loras
+        ],
+        "wplus": [
+            {"e4e": w.e4e, "photos": w.photos, "computed": w.computed.isoformat()}
+            for w in profile.wplus.values()
         ],
     }
 
