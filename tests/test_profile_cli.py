@@ -63,6 +63,7 @@ def test_profile_lifecycle_from_the_command_line(studio_env, faces_dir, tmp_path
         "counts",
         "photos",
         "loras",
+        "wplus",
     ]
     assert shown["name"] == "Zoë B"
     assert Path(shown["path"]).parent == studio_env / "data" / "profiles"
@@ -75,7 +76,15 @@ def test_profile_lifecycle_from_the_command_line(studio_env, faces_dir, tmp_path
     assert files == ["impostor_1.jpg", "person_b_1.jpg", "person_b_2.jpg"]
     impostor, b1, _ = shown["photos"]
     for photo in shown["photos"]:
-        assert list(photo) == ["file", "stored_as", "accepted", "reasons", "similarity", "notes"]
+        assert list(photo) == [
+            "file",
+            "stored_as",
+            "accepted",
+            "reasons",
+            "similarity",
+            "notes",
+            "wplus",
+        ]
         assert isinstance(photo["similarity"], float)
     assert impostor["file"] == "impostor_1.jpg" and impostor["accepted"] is False
     assert impostor["similarity"] < 0.363
