@@ -23,6 +23,7 @@ from studio.models import select_model_set
 from studio.models.catalog import parse_catalog
 from studio.models.resolver import ModelResolver
 from studio.orchestrator import PortraitRequest, Studio
+from studio.profiles.errors import PhotoWPlusError, ProfileError
 from studio.profiles.library import DATABASE_NAME, ProfileLibrary
 from studio.profiles.store import SCHEMA_VERSION
 from studio.settings import load_settings
@@ -123,6 +124,37 @@ def test_profile_wplus_lazily_at_intake_and_after_photo_changes(studio, faces_di
     with studio.library() as library:
         left = library.remove_photos("Ada", ["person_a_1.jpg"]).profile
     assert left.wplus[KEY].photos == 1 and torch.equal(_w(left.wplus[KEY].latent), second)
+
+
+class Refusing:
+    """A W+ encoder that cannot encode the first ``refuse`` photos it sees."""
+
+    key = "stub-e4e"
+
+    def __init__(self, refuse: int):
+        self.refuse = refuse
+
+    def encode(self, photo, face_index, face_count):
+        if self.refuse:
+            self.refuse -= 1
+            raise PhotoWPlusError("the face's FFHQ square is 90 px; e4e needs 128")
+        return np.full((1, 18, 4), 2.0, np.float32)
+
+
+def test_a_face_e4e_cannot_encode_keeps_its_reason_and_the_mean_uses_the_others(studio, faces_dir):
+    photos = [faces_dir / "person_a_1.jpg", faces_dir / "person_a_2.jpg"]
+    root, analyzers = studio.settings.profiles_dir, lambda enc: studio.analyzer(*enc)
+    with ProfileLibrary(root, analyzers, Refusing(1)) as library:
+        profile = library.create("Ada", photos, consent=True).profile
+    first, second = (p.wplus["stub-e4e"] for p in profile.photos)
+    assert first.latent is None and "e4e needs 128" in first.reason
+    assert profile.wplus["stub-e4e"].photos == 1
+    np.testing.assert_array_equal(profile.wplus["stub-e4e"].latent, second.latent)
+
+    with ProfileLibrary(root, analyzers, Refusing(1)) as library:
+        library.create("Bo", photos[:1], consent=True)
+        with pytest.raises(ProfileError, match="no accepted photo of profile 'Bo' could be"):
+            library.ensure_wplus("Bo")
 
 
 def test_an_old_database_migrates_and_gets_wplus_on_first_use(studio, faces_dir):
