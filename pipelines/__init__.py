@@ -1,6 +1,7 @@
 """Diffusers pipelines of the studio: identity-preserving portraits on SD1.5 and SDXL."""
 
 from pipelines.portrait import PortraitPipeline
+from pipelines.portrait_inpaint import PortraitInpaintPipeline
 from pipelines.portrait_xl import PortraitXLPipeline
 
-__all__ = ["PortraitPipeline", "PortraitXLPipeline"]
+__all__ = ["PortraitInpaintPipeline", "PortraitPipeline", "PortraitXLPipeline"]

@@ -32,10 +32,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+import studio.stagelib  # noqa: F401  (registers the built-in stages)
 from studio.errors import StudioError
 from studio.faces.analyzer import FaceAnalyzer, analyzer_from_settings
 from studio.faces.condition import pose_condition
 from studio.faces.encoders import IdentityEmbedding, mean_embedding
+from studio.faces.types import Face
 from studio.host import ActiveLora, PipelineHost
 from studio.images import ImageLoadError, load_image
 from studio.models import select_model_set
@@ -56,6 +58,7 @@ from studio.stages import (
     run_stages,
 )
 from studio.styles import StylePreset, get_style, load_styles, user_styles_dir
+from studio.swap.types import SwapRequest, SwapResult
 from studio.training.run_folder import slug
 
 logger = logging.getLogger(__name__)
@@ -132,6 +135,12 @@ class Studio:
             if encoders not in self._analyzers:
                 self._analyzers[encoders] = analyzer_from_settings(self.settings, encoders)
             return self._analyzers[encoders]
+
+    def analyze(self, image: np.ndarray, *encoders: str) -> list[Face]:
+        """Every face of an RGB image, largest first, described with these encoders."""
+        analyzer = self.analyzer(*encoders)
+        with self._faces_lock:
+            return analyzer.analyze(image)
 
     @contextmanager
     def library(self) -> Iterator[ProfileLibrary]:
@@ -319,6 +328,19 @@ class Studio:
             portraits.append(Portrait(path, seed, score))
         portraits.sort(key=lambda p: p.score.similarity, reverse=True)
         return PortraitResult(tuple(portraits), prompt, scorer.encoder, tuple(notes))
+
+    def swap(self, request: SwapRequest, out_dir: Path | None = None) -> SwapResult:
+        """Put a profile's face into a photo (:mod:`studio.swap`) and save the result (to
+        ``out_dir``, default the history's folder)."""
+        from studio.swap.service import run_swap
+
+        if self._training.is_set():
+            raise StudioError(
+                "a LoRA is training on this machine; wait until it finishes, or cancel it, "
+                "then swap"
+            )
+        with self._gpu_lock:
+            return run_swap(self, request, out_dir or self.portraits_dir)
 
     def _stage(self, name: str) -> Stage:
         """The registered stage ``name``, made once per studio."""

@@ -40,6 +40,8 @@ class PortraitRequest:
     use_lora: bool = True
     stages: tuple[str, ...] = ()
     """Registered stages (:mod:`studio.stages`) to run on every image, in this order."""
+    swap_target: str | Path | None = None
+    """The ``swap`` stage's template photo: the person's face goes onto its largest face."""
 
     def validate(self) -> None:
         """Raise a :class:`StudioError` naming the first unusable field and its range."""

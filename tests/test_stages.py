@@ -191,8 +191,8 @@ def test_a_stage_name_must_be_usable_in_file_names(name):
 
 
 def test_an_unknown_stage_is_refused_before_anything_runs(studio, draw_box):
-    with pytest.raises(StudioError, match="unknown stage 'swap'; known stages: .*draw-box"):
-        studio.generate(request(stages=("swap",)))
+    with pytest.raises(StudioError, match="unknown stage 'unheard-of'; known stages: .*draw-box"):
+        studio.generate(request(stages=("unheard-of",)))
     assert studio.host.model_set is None  # refused before the pipeline loaded
 
 

@@ -30,6 +30,9 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stage", action="append", default=[], help="a stage to run on each image (repeatable)"
     )
+    p.add_argument(
+        "--swap-target", type=Path, help="the swap stage's template photo (with --stage swap)"
+    )
     p.add_argument("--models", default="tiny", help="model set (default: tiny)")
     p.add_argument("--out", type=Path, help="output folder (default: the history folder)")
     speed_options(p)
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         identity_scale=args.identity_scale,
         use_lora=not args.no_lora,
         stages=tuple(args.stage),
+        swap_target=args.swap_target,
     )
     result = studio.generate(request, out_dir=args.out)
     for note in result.notes:

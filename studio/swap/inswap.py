@@ -1,0 +1,28 @@
+"""Path A: insightface's inswapper at 128 px, colour-matched and pasted back feathered."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from studio.faces.align import align_face
+from studio.faces.blend import match_color, paste_face
+from studio.faces.swapper import INSWAPPER_SIZE, InSwapper
+from studio.faces.types import Face
+from studio.swap.face_mask import check_covers, face_mask
+from studio.swap.types import FaceEdit
+
+FEATHER = 0.1
+"""Soft edge of the paste, a fraction of the crop side (the crop scales with the face)."""
+
+
+def inswap_face(
+    image: np.ndarray, face: Face, swapper: InSwapper, embedding: np.ndarray, *, label: str
+) -> FaceEdit:
+    """``image`` with ``face`` swapped to the ArcFace ``embedding``'s identity."""
+    aligned = align_face(image, face.kps, INSWAPPER_SIZE)
+    mask = face_mask(face, aligned)
+    check_covers(mask, label)
+    swapped = match_color(swapper.swap(aligned.image, embedding), aligned.image, mask)
+    result, weight = paste_face(image, swapped, aligned, mask, feather=FEATHER)
+    check_covers(weight, label)
+    return FaceEdit(result, weight)
