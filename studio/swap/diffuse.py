@@ -10,6 +10,7 @@ scaled back down and feather-pasted. Outside the pasted weight the photo is unch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,8 @@ class DiffusionSwap:
     identity_embeds: torch.Tensor
     subject: str
     steps: int
+    """Denoising steps that run: the schedule is ``steps / strength`` long, and its last
+    ``strength`` of it runs."""
     guidance: float
     pose_kind: str | None
     """``mesh`` or ``kps`` when the pipeline has the pose ControlNet, else ``None``."""
@@ -109,7 +112,7 @@ def diffuse_face(
         "image": Image.fromarray(aligned.image),
         "mask_image": Image.fromarray(inpaint_mask),
         "strength": strength,
-        "num_inference_steps": swap.steps,
+        "num_inference_steps": math.ceil(swap.steps / strength),
         "guidance_scale": swap.guidance,
         "generator": generator,
         "identity_embeds": swap.identity_embeds,
