@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     from studio.faces.swapper import InSwapper
     from studio.orchestrator import Studio
     from studio.settings import load_settings
-    from studio.swap.service import diffusion_swap, swap_faces
+    from studio.swap.engine import diffusion_swap, swap_faces
 
     work = Path(tempfile.mkdtemp(prefix="bench-swap-"))
     os.environ.setdefault("STUDIO_MODELS_DIR", str(work / "models"))

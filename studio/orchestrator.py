@@ -58,6 +58,7 @@ from studio.stages import (
     run_stages,
 )
 from studio.styles import StylePreset, get_style, load_styles, user_styles_dir
+from studio.swap.service import run_swap
 from studio.swap.types import SwapRequest, SwapResult
 from studio.training.run_folder import slug
 
@@ -332,8 +333,6 @@ class Studio:
     def swap(self, request: SwapRequest, out_dir: Path | None = None) -> SwapResult:
         """Put a profile's face into a photo (:mod:`studio.swap`) and save the result (to
         ``out_dir``, default the history's folder)."""
-        from studio.swap.service import run_swap
-
         if self._training.is_set():
             raise StudioError(
                 "a LoRA is training on this machine; wait until it finishes, or cancel it, "

@@ -15,7 +15,7 @@ from PIL import Image
 
 from studio.errors import StudioError
 from studio.stages import StageInput, StageOutput, StageResources, register_stage
-from studio.swap.service import diffusion_swap, load_target, swap_faces
+from studio.swap.engine import diffusion_swap, load_target, swap_faces
 from studio.swap.targets import FaceChoice, choose_faces
 from studio.swap.types import DEFAULT_STRENGTH
 

@@ -11,13 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
+from swap_helpers import GROUP, TILE
 
 from studio.faces.analyzer import FaceAnalyzer
 from studio.faces.types import Face
-
-GROUP = ("person_a_1", "person_b_1", "impostor_1", "person_b_2", "impostor_2", "person_a_2")
-"""The group photo's people, row by row (person_a_1 top left)."""
-TILE = (200, 240)
 
 
 @pytest.fixture(scope="session")
@@ -41,10 +38,3 @@ def group_rgb(group_photo) -> np.ndarray:
 def group_faces(group_rgb) -> list[Face]:
     """The group photo's faces (largest first) with mesh and SFace embeddings."""
     return FaceAnalyzer(("sface",)).analyze(group_rgb)
-
-
-def tile_of(face: Face) -> str:
-    """The name of the portrait whose tile holds ``face``."""
-    x, y, w, h = face.bbox
-    column, row = int((x + w / 2) // TILE[0]), int((y + h / 2) // TILE[1])
-    return GROUP[row * 3 + column]

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import tile_of
+from swap_helpers import tile_of
 from synthetic_models import inswapper_like_model
 
 from studio.errors import StudioError

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tile_of
 from PIL import Image
+from swap_helpers import tile_of
 from synthetic_models import arcface_like_model, inswapper_like_model
 
 from studio.cli import main
@@ -18,7 +18,8 @@ from studio.orchestrator import PortraitRequest, Studio
 from studio.outputs import read_provenance
 from studio.settings import load_settings
 from studio.stages import StageError
-from studio.swap.service import diffusion_swap, swap_faces, target_faces
+from studio.swap.engine import diffusion_swap, swap_faces
+from studio.swap.service import target_faces
 from studio.swap.types import SwapRequest
 
 pytestmark = pytest.mark.slow
