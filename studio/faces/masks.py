@@ -3,8 +3,9 @@
 All masks are ``(H, W)`` ``float32`` in 0..1 at the image's size (1: replace, 0: keep the target).
 
 - **box**: the face box grown by ``padding`` (fractions of the box's width/height: top, right,
-  bottom, left), its edge faded by a Gaussian whose size is ``blur`` times the box's larger side;
-  it reaches 0 at the grown box's edge (FaceFusion's static box mask, in image pixels).
+  bottom, left), its edge faded by a Gaussian of sigma ``blur / 8`` times the box's larger side
+  (FaceFusion's static box mask, in image pixels), inset by 3 sigma so it fades out inside the
+  grown box, and exactly 0 beyond it.
 - **region**: the union of the chosen parsing classes (default :data:`REGION_CLASSES`, the face
   itself), feathered *inwards* (blurred, then its upper half stretched to 0..1, as FaceFusion's
   region mask), so pixels outside the classes stay exactly 0 and values between 0 and 1 lie only
@@ -86,15 +87,17 @@ def box_mask(
     if blur < 0 or any(p < -0.5 for p in padding):
         raise ValueError(f"blur must be >= 0 and padding >= -0.5 (got {blur}, {padding})")
     top, right, bottom, left = padding
-    blur_amount = int(max(w, h) * 0.5 * blur)
-    inset = max(blur_amount // 2, 1) if blur_amount else 0
-    x0, x1 = round(x - left * w) + inset, round(x + w + right * w) - inset
-    y0, y1 = round(y - top * h) + inset, round(y + h + bottom * h) - inset
-    mask = np.zeros((height, width), np.float32)
-    mask[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = 1.0
-    if blur_amount:
-        mask = cv2.GaussianBlur(mask, (0, 0), blur_amount * 0.25)
-    return mask
+    x0, x1 = max(round(x - left * w), 0), max(round(x + w + right * w), 0)
+    y0, y1 = max(round(y - top * h), 0), max(round(y + h + bottom * h), 0)
+    box = np.zeros((height, width), np.float32)
+    box[y0:y1, x0:x1] = 1.0
+    sigma = max(w, h) * 0.5 * blur * 0.25
+    if sigma <= 0:
+        return box
+    inset = int(np.ceil(3 * sigma))  # the blur fades out before the box's edge
+    core = np.zeros_like(box)
+    core[y0 + inset : max(y1 - inset, 0), x0 + inset : max(x1 - inset, 0)] = 1.0
+    return cv2.GaussianBlur(core, (0, 0), sigma) * box
 
 
 def region_mask(

@@ -6,14 +6,15 @@ Offline and torch-free. From the mesh (the face's own, or one found in its box):
   nostrils), ``u_lip``/``l_lip`` (outer lip line to the mouth line), ``mouth`` (between the lips);
 - ``skin``: the face oval minus those parts, and minus *occluders*: connected patches inside the
   oval whose colour is far from the face's own skin colour (a hand in a glove, a microphone, a
-  strand of hair; a fringe matching the hair colour becomes ``hair``) are left ``background``.
+  strand of hair) are left ``background``; with segmentation, those above the brows or of the
+  hair's colour become ``hair`` (a fringe, a low hairline).
   The skin colour is a Gaussian in Lab fitted to the oval's skin pixels.
 
 With mediapipe's selfie segmentation (``segmenter=True``, the default, when mediapipe is
 installed) it also labels the person's pixels outside the oval, near the face:
 
 - ``l_ear``/``r_ear``: skin-coloured, beside the oval on that side, between brow and mouth level;
-- ``skin``: skin-coloured above the brows (forehead, a bald head);
+- ``skin``: skin-coloured above the oval, within the face's width (the forehead's top);
 - ``hair``: not skin-coloured, above the mouth within one face width of the oval (down to the
   chin only close to the jaw, as shoulders may rise that high);
 - ``neck``: skin-coloured below the chin within the face's width;
@@ -201,8 +202,12 @@ def _parse_crop(crop: np.ndarray, mesh: np.ndarray, person: np.ndarray | None) -
     if person is not None:
         layers, hair_d2 = _around(mesh, shape, person & ~oval, skin_d2, lab)
     layers.append(("skin", skin_region & ~occluder))
-    if hair_d2 is not None:
-        layers.append(("hair", occluder & (hair_d2 < HAIR_D2)))
+    if person is not None:
+        brow_y = xy[list(regions.LEFT_EYEBROW + regions.RIGHT_EYEBROW), 1].min()
+        fringe = occluder & (np.arange(shape[0])[:, None] < brow_y)
+        if hair_d2 is not None:
+            fringe |= occluder & (hair_d2 < HAIR_D2)
+        layers.append(("hair", fringe))
     layers += [
         ("nose", parts["nose"]),
         ("l_brow", parts["left_eyebrow"]),
@@ -243,7 +248,13 @@ def _around(
     ears = outside & skin_like & ear_zone
     left_side = np.sign(xy[_LEFT_CHEEK, 0] - centre_x)
     on_left = (cols - centre_x) * left_side > 0
-    forehead = outside & skin_like & (rows < brow_y) & (distance <= HAIR_REACH * face_width)
+    forehead = (
+        outside
+        & skin_like
+        & (rows < brow_y)
+        & (distance <= EAR_REACH * face_width)
+        & (np.abs(cols - centre_x) <= 0.5 * face_width)
+    )
     # Beside the jaw only close to it: the shoulders may rise above the chin line.
     head = (rows < mouth_y) & (distance <= HAIR_REACH * face_width)
     head |= above_chin & (distance <= EAR_REACH * face_width)
@@ -272,10 +283,19 @@ def _core(mask: np.ndarray) -> np.ndarray:
 
 
 def _colour_distance(lab: np.ndarray, sample: np.ndarray) -> np.ndarray:
-    """Squared Mahalanobis distance of every pixel's Lab colour to the colours under ``sample``."""
+    """Squared Mahalanobis distance of every pixel's Lab colour to the colours under ``sample``.
+
+    Robust to an occluder inside the sample: the median and MAD pick the inliers (within 3 MADs
+    on every channel), whose mean and covariance make the model.
+    """
     pixels = lab[sample]
     if len(pixels) < 4:
         return np.full(lab.shape[:2], np.inf, np.float32)
+    median = np.median(pixels, axis=0)
+    spread = 1.4826 * np.median(np.abs(pixels - median), axis=0) + 1.0
+    inliers = pixels[(np.abs(pixels - median) <= 3.0 * spread).all(axis=1)]
+    if len(inliers) >= 4:
+        pixels = inliers
     mean = pixels.mean(axis=0)
     cov = np.cov(pixels, rowvar=False) + _REG * np.eye(3)
     diff = lab - mean
@@ -283,10 +303,11 @@ def _colour_distance(lab: np.ndarray, sample: np.ndarray) -> np.ndarray:
 
 
 def _patches(mask: np.ndarray, oval_area: int) -> np.ndarray:
-    """``mask`` opened (specks removed) keeping patches of at least ``MIN_OCCLUDER`` of the oval."""
+    """The patches of ``mask`` (specks opened away) of at least ``MIN_OCCLUDER`` of the oval."""
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     opened = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel)
     count, components, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
     keep = np.zeros(count, bool)
     keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= MIN_OCCLUDER * oval_area
-    return keep[components]
+    kept = keep[components].astype(np.uint8)
+    return mask & cv2.dilate(kept, kernel).astype(bool)  # the corners the opening rounded off
