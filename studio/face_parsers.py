@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from adapters.bisenet import BiSeNet, load_bisenet
+from studio.errors import ModelUnavailableError
 from studio.faces.bisenet_io import INPUT_SIZE, bisenet_crop, bisenet_input, parsing_from_logits
 from studio.faces.parsing import CLASSES, FaceParsing
 from studio.faces.types import Face, check_rgb
@@ -80,13 +81,21 @@ def face_parser_for(settings: Settings, model_set: ModelSet) -> FaceParser:
     from studio.faces.mesh_parser import MeshFaceParser
     from studio.models.resolver import ModelResolver
 
-    owner = model_set
-    if COMPONENT not in model_set.components:
-        owner = load_catalog()[FALLBACK_SET]
-    path = ModelResolver(settings).find_local(owner, COMPONENT)
+    path = settings.weights.get(f"{model_set.name}.{COMPONENT}") or settings.weights.get(COMPONENT)
+    if path is None:
+        owner = model_set
+        if COMPONENT not in model_set.components:
+            owner = load_catalog().get(FALLBACK_SET, model_set)
+        if COMPONENT in owner.components:
+            path = ModelResolver(settings).find_local(owner, COMPONENT)
     if path is None:
         logger.info("no BiSeNet face parser file: parsing faces with the mesh polygons")
         return MeshFaceParser()
+    if not path.is_file():
+        raise ModelUnavailableError(
+            f"--weights {COMPONENT}={path}: no such file; give the BiSeNet 79999_iter.pth or its "
+            "ONNX export, or drop the override to parse faces with the mesh"
+        )
     if path.suffix.lower() == ".onnx":
         from studio.faces.bisenet_onnx import OnnxFaceParser
         from studio.faces.onnx_session import face_providers
