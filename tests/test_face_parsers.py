@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from adapters.bisenet import BiSeNet, load_bisenet
+from adapters.bisenet import load_bisenet
 from adapters.checkpoint import CheckpointError
 from adapters.synthetic_bisenet import write_synthetic_bisenet
 from studio.errors import ModelUnavailableError
@@ -101,19 +101,24 @@ def test_the_torch_parser_maps_labels_back_onto_the_photo(weights, portrait):
     assert len(np.unique(parsing.labels[y0:y1, x0:x1])) > 1  # random weights, varied labels
 
 
-def test_the_onnx_export_parses_like_torch(tmp_path, weights, portrait):
-    image, face = portrait
-    model = load_bisenet(weights)
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, weights):
+    path = tmp_path_factory.mktemp("bisenet-onnx") / "79999_iter.onnx"
     try:
-        path = export_bisenet_onnx(model, tmp_path / "79999_iter.onnx")
+        return export_bisenet_onnx(load_bisenet(weights), path)
     except (ImportError, RuntimeError) as exc:  # an exporter not installed here
         pytest.skip(f"torch.onnx.export is unavailable: {exc}")
-    onnx_parsing = OnnxFaceParser(path).parse(image, face)
+
+
+def test_the_onnx_export_parses_like_torch(exported, weights, portrait):
+    image, face = portrait
+    onnx_parsing = OnnxFaceParser(exported).parse(image, face)
     torch_parsing = BiSeNetFaceParser(weights).parse(image, face)
     assert onnx_parsing.parser == "bisenet-onnx" and onnx_parsing.extent == torch_parsing.extent
     assert (onnx_parsing.labels == torch_parsing.labels).mean() > 0.99
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter
 def test_an_onnx_file_of_another_signature_is_refused(tmp_path):
     path = tmp_path / "other.onnx"
     torch.onnx.export(
@@ -149,13 +154,12 @@ def test_the_studio_uses_bisenet_when_its_file_is_present(tmp_path, weights):
         face_parser_for(settings(face_parser=tmp_path / "missing.pth"), tiny)
 
 
-def test_the_studio_runs_an_onnx_export_when_given_one(tmp_path, weights):
-    model = BiSeNet()
-    try:
-        path = export_bisenet_onnx(model, tmp_path / "parser.onnx")
-    except (ImportError, RuntimeError) as exc:
-        pytest.skip(f"torch.onnx.export is unavailable: {exc}")
+def test_the_studio_runs_an_onnx_export_when_given_one(tmp_path, exported):
     settings = Settings(
-        data_dir=tmp_path, models_dir=tmp_path, output_dir=tmp_path, weights={"face_parser": path}
+        data_dir=tmp_path,
+        models_dir=tmp_path,
+        output_dir=tmp_path,
+        weights={"face_parser": exported},
     )
-    assert isinstance(face_parser_for(settings, select_model_set("tiny")), OnnxFaceParser)
+    chosen = face_parser_for(settings, select_model_set("tiny"))
+    assert isinstance(chosen, OnnxFaceParser) and chosen.path == exported

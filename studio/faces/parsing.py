@@ -5,9 +5,12 @@ CelebAMask-HQ): index ``i`` of the model's 19 output channels is ``CLASSES[i]``.
 the studio (the mesh polygons of :mod:`studio.faces.mesh_parser`, BiSeNet in torch or ONNX)
 answers in this vocabulary with a :class:`FaceParsing`.
 
-``l_``/``r_`` name the subject's own sides, as mediapipe does (``l_eye`` is on the image's right
-in an unmirrored frontal photo). ``eye_g`` is eyeglasses, ``ear_r`` earrings, ``neck_l`` a
-necklace, ``mouth`` the opening between the lips (teeth, tongue), ``cloth`` clothing.
+``eye_g`` is eyeglasses, ``ear_r`` earrings, ``neck_l`` a necklace, ``mouth`` the opening
+between the lips (teeth, tongue), ``cloth`` clothing. ``l_``/``r_``: the mesh parser gives the
+subject's own sides, as mediapipe does (``l_eye`` is on the image's right in an unmirrored
+frontal photo); BiSeNet gives CelebAMask-HQ's annotation sides (its training swaps them on every
+flip, so they are consistent, but which side the annotators meant is not documented). Code that
+must not depend on it uses both sides together, as the attribute table does.
 
 A parser states which classes it can produce at all (:attr:`FaceParsing.classes`): a class it
 cannot produce is *unknown* in its result (:meth:`FaceParsing.present` is ``None``), which is not
