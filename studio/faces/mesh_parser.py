@@ -81,7 +81,8 @@ _REG = 4.0  # added to the colour covariance's diagonal (Lab units squared)
 
 
 class FaceParseError(StudioError, ValueError):
-    """A face cannot be parsed (no mesh found in its box); the message names the box."""
+    """A face cannot be parsed (no mesh found in its box, or mediapipe missing); the message
+    names the box or the install command."""
 
 
 class MeshFaceParser:
@@ -133,7 +134,10 @@ class MeshFaceParser:
         if self._mesher is None:
             from studio.faces.mesh import FaceMesher
 
-            self._mesher = FaceMesher()
+            try:
+                self._mesher = FaceMesher()
+            except ImportError as err:
+                raise FaceParseError(f"the face has no mesh and none can be made: {err}") from err
         mesh = self._mesher.landmarks(image, face.bbox)
         if mesh is None:
             box = ", ".join(f"{v:.0f}" for v in face.bbox)

@@ -156,6 +156,19 @@ def test_a_face_without_mesh_is_meshed_in_its_box(parser, photos, faces, parsed)
         parser.parse(empty, nowhere)
 
 
+def test_without_mediapipe_a_face_without_mesh_is_a_clear_error(photos, faces, monkeypatch):
+    import studio.faces.mesh
+
+    def missing():
+        raise ImportError("FaceMesher needs the optional mediapipe extra")
+
+    monkeypatch.setattr(studio.faces.mesh, "FaceMesher", missing)  # as if not installed
+    face = faces["impostor_1"]
+    bare = Face(bbox=face.bbox, score=face.score, kps=face.kps)
+    with pytest.raises(FaceParseError, match="no mesh and none can be made.*mediapipe extra"):
+        MeshFaceParser(segmenter=False).parse(photos["impostor_1"], bare)
+
+
 def test_an_object_over_the_cheek_is_an_occluder_kept_from_the_target(parser, photos, faces):
     image, face = photos["person_a_2"].copy(), faces["person_a_2"]
     x, y, w, h = (int(v) for v in face.bbox)
