@@ -16,7 +16,8 @@ All masks are ``(H, W)`` ``float32`` in 0..1 at the image's size (1: replace, 0:
   the face the parser does not call face). Feathered *outwards*, so an occluder is kept whole.
 
 :func:`compose_face_mask` gives all of them and ``mask = box * region * (1 - occlusion)``; an
-empty result is an :class:`EmptyMaskError` naming the face. Pure numpy/OpenCV.
+empty result is an :class:`EmptyMaskError` naming the face; :func:`mask_in_crop` carries a mask
+into an aligned crop. Pure numpy/OpenCV.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 
 from studio.errors import StudioError
 from studio.faces.parsing import FACE_CLASSES, FaceParsing, check_classes
-from studio.faces.types import Face
+from studio.faces.types import AlignedFace, Face
 
 REGION_CLASSES: tuple[str, ...] = FACE_CLASSES
 """The default region: skin, brows, eyes, nose, mouth and lips (what a swap replaces)."""
@@ -166,6 +167,20 @@ def compose_face_mask(
             "padded box or is all occluded; widen the padding or choose other classes"
         )
     return FaceMask(box=box, region=soft_region, occlusion=occlusion, mask=mask.astype(np.float32))
+
+
+def mask_in_crop(mask: np.ndarray, crop: AlignedFace) -> np.ndarray:
+    """An image-sized mask in an aligned crop's pixels (bilinear; 0 beyond the photo), for
+    stages that edit the crop and paste it back."""
+    height, width = crop.image.shape[:2]
+    return cv2.warpAffine(
+        np.asarray(mask, dtype=np.float32),
+        crop.matrix,
+        (width, height),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
 
 
 def _holes(parsing: FaceParsing) -> np.ndarray:

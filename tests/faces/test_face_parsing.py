@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from skimage.data import astronaut
 
+from studio.faces.align import align_face, transform_points
 from studio.faces.analyzer import FaceAnalyzer
 from studio.faces.keywords import (
     KEYWORD_CLASSES,
@@ -19,6 +20,7 @@ from studio.faces.masks import (
     EmptyMaskError,
     box_mask,
     compose_face_mask,
+    mask_in_crop,
     occlusion_mask,
     region_mask,
 )
@@ -226,6 +228,19 @@ def test_occlusion_keeps_hair_and_composition_excludes_it(parsed, faces):
     assert (masks.mask[~parsing.union(FACE_PARTS)] == 0).all()
     assert masks.mask.max() > 0.99
     np.testing.assert_allclose(masks.mask, masks.box * masks.region * (1 - masks.occlusion))
+
+
+def test_a_mask_carried_into_the_aligned_crop(parsed, faces, photos):
+    parsing, face = parsed["person_a_2"], faces["person_a_2"]
+    masks = compose_face_mask(parsing, face)
+    crop = align_face(photos["person_a_2"], face.kps, 256)
+    inside = mask_in_crop(masks.mask, crop)
+    assert inside.shape == (256, 256) and inside.dtype == np.float32
+    nose_tip = np.round(transform_points(face.kps[2:3], crop.matrix)[0]).astype(int)
+    assert (
+        inside[nose_tip[1] - 20 : nose_tip[1] - 10, nose_tip[0] + 20 : nose_tip[0] + 30].min() > 0.9
+    )
+    assert inside[:10].max() == 0 and inside[-5:].max() == 0  # hair above, neck below
 
 
 def test_an_empty_region_is_an_error_naming_the_face(parsed, faces):
