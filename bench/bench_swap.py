@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
             diffusion=None,
             strength=1.0,
             generator=generator,
+            parser=studio.face_parser,
         )
 
     with studio.library() as library:
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
             diffusion=swap,
             strength=0.85,
             generator=generator,
+            parser=studio.face_parser,
         )
 
     a = timed(path_a, args.repeats) / len(faces)

@@ -46,6 +46,7 @@ class SwapStage:
             diffusion=swap,
             strength=DEFAULT_STRENGTH,
             generator=resources.generator,
+            parser=resources.face_parser,
         )
         note = f"swapped into {target.name} (face 0 of {len(faces)}) by diffusion"
         return StageOutput(

@@ -26,6 +26,7 @@ from studio.faces.condition import draw_face_mesh, draw_keypoints
 from studio.faces.types import AlignedFace, Face
 from studio.families import BaseFamily
 from studio.host import register_derived
+from studio.stages import FaceParser
 from studio.swap.face_mask import check_covers, face_mask
 from studio.swap.types import FaceEdit
 
@@ -38,8 +39,8 @@ of hair and background fit in, for the inpainting to blend into."""
 MASK_GROWTH = 0.03
 """The inpainted region reaches this fraction of the crop side beyond the face mask, so the
 feathered edge of the paste shows repainted pixels, not the VAE's seam."""
-FEATHER = 0.06
-"""Soft edge of the paste, a fraction of the crop side."""
+FEATHER = 0.02
+"""Extra soft edge of the paste (the mask is feathered already), a fraction of the crop side."""
 PROMPT = "a photo of {subject}, detailed natural skin, sharp focus"
 NEGATIVE_PROMPT = "blurry, deformed, cartoon, painting, lowres"
 
@@ -98,14 +99,17 @@ def diffuse_face(
     *,
     strength: float,
     generator: torch.Generator,
+    parser: FaceParser,
     label: str,
 ) -> FaceEdit:
-    """``image`` with ``face`` repainted as the person of ``swap.identity_embeds``."""
+    """``image`` with ``face`` repainted as the person of ``swap.identity_embeds``, within the
+    face mask of ``parser``."""
     aligned = crop_for_diffusion(image, face, swap.size)
-    mask = face_mask(face, aligned)
+    mask = face_mask(image, face, aligned, parser)
     check_covers(mask, label)
     grow = max(1, round(MASK_GROWTH * swap.size))
-    inpaint_mask = cv2.dilate(mask, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
+    hard = np.where(mask > 0, 255, 0).astype(np.uint8)
+    inpaint_mask = cv2.dilate(hard, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
     call: dict[str, Any] = {
         "prompt": PROMPT.format(subject=swap.subject),
         "negative_prompt": NEGATIVE_PROMPT,

@@ -23,6 +23,7 @@ from studio.models.catalog import ModelSet, load_catalog
 from studio.models.resolver import ModelResolver
 from studio.requests import Identity
 from studio.settings import Settings
+from studio.stages import FaceParser
 from studio.swap.diffuse import DERIVED_KIND, DiffusionSwap, diffuse_face
 from studio.swap.inswap import inswap_face
 from studio.swap.types import REFINE_STRENGTH, FaceEdit
@@ -85,20 +86,28 @@ def swap_faces(
     diffusion: DiffusionSwap | None,
     strength: float,
     generator: torch.Generator,
+    parser: FaceParser,
 ) -> FaceEdit:
     """Swap ``faces[i]`` for each of ``indices``: by the inswapper (with its ArcFace source)
-    when given, then by diffusion when given (a refine pass after the inswapper)."""
+    when given, then by diffusion when given (a refine pass after the inswapper); ``parser``
+    gives each face's mask (on the photo as it is when that face's turn comes)."""
     weight = np.zeros(image.shape[:2], np.uint8)
     notes: list[str] = []
     for index in indices:
         label = f"face {index}"
         if inswapper is not None:
-            edit = inswap_face(image, faces[index], *inswapper, label=label)
+            edit = inswap_face(image, faces[index], *inswapper, parser=parser, label=label)
             image, weight = edit.image, np.maximum(weight, edit.weight)
         if diffusion is not None:
             amount = REFINE_STRENGTH if inswapper is not None else strength
             edit = diffuse_face(
-                image, faces[index], diffusion, strength=amount, generator=generator, label=label
+                image,
+                faces[index],
+                diffusion,
+                strength=amount,
+                generator=generator,
+                parser=parser,
+                label=label,
             )
             image, weight = edit.image, np.maximum(weight, edit.weight)
             notes += edit.notes

@@ -1,42 +1,32 @@
 """The region a swap replaces, in the aligned crop's pixels: the one place the swap gets masks.
 
-The face oval of the target's face mesh (kept from the target beyond it: hair, ears, the
-background); without a mesh, an ellipse fitted to the five keypoints.
+FaceFusion's composition (:mod:`studio.faces.masks`): the feathered face box ∩ the face
+classes of the studio's face parser (skin, brows, eyes, nose, lips, mouth) ∩ not the occluders
+(hair, glasses, a hat, a hand: kept from the target), carried into the crop.
 """
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from studio.errors import StudioError
-from studio.faces import regions
-from studio.faces.align import transform_points
+from studio.faces.masks import MIN_MASK_PIXELS, compose_face_mask, mask_in_crop
 from studio.faces.types import AlignedFace, Face
-
-KEYPOINT_ELLIPSE = (0.95, 1.25)
-"""Without a mesh: the ellipse's half-width and half-height in eye-to-eye distances."""
+from studio.stages import FaceParser
 
 
-def face_mask(face: Face, aligned: AlignedFace) -> np.ndarray:
-    """``uint8`` mask (255 = replace) of ``face`` in the crop ``aligned`` was cut as."""
-    size = aligned.image.shape[:2]
-    mask = np.zeros(size, np.uint8)
-    if face.mesh is not None:
-        oval = transform_points(np.asarray(face.mesh)[list(regions.FACE_OVAL), :2], aligned.matrix)
-        cv2.fillPoly(mask, [np.round(oval).astype(np.int32)], 255, lineType=cv2.LINE_AA)
-    else:
-        kps = transform_points(face.kps, aligned.matrix)
-        eyes = float(np.hypot(*(kps[1] - kps[0])))
-        centre = kps.mean(axis=0)
-        axes = (round(eyes * KEYPOINT_ELLIPSE[0]), round(eyes * KEYPOINT_ELLIPSE[1]))
-        cv2.ellipse(mask, (round(centre[0]), round(centre[1])), axes, 0, 0, 360, 255, cv2.FILLED)
-    return mask
+def face_mask(image: np.ndarray, face: Face, aligned: AlignedFace, parser: FaceParser):
+    """``float32`` mask (1 = replace) of ``face`` of ``image`` in the crop ``aligned`` was cut
+    as; a mask that covers nothing is an error naming the face."""
+    composed = compose_face_mask(parser.parse(image, face), face)
+    return mask_in_crop(composed.mask, aligned)
 
 
 def check_covers(mask: np.ndarray, what: str) -> None:
-    """Refuse a mask with nothing to replace."""
-    if not np.any(mask):
+    """Refuse a mask (floats 0..1 or ``uint8``) with nothing to replace."""
+    mask = np.asarray(mask)
+    half = 127 if mask.dtype == np.uint8 else 0.5
+    if np.count_nonzero(mask > half) < MIN_MASK_PIXELS:
         raise StudioError(
             f"the face mask of {what} covers nothing (the face is too small, or its landmarks "
             "fall outside the photo); choose another face or a photo where it is larger"

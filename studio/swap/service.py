@@ -24,6 +24,7 @@ from studio.outputs import GenerationRecord, save_image
 from studio.profiles.library import ProfileLibrary
 from studio.requests import Identity
 from studio.settings import Settings
+from studio.stages import FaceParser
 from studio.swap.diffuse import PROMPT
 from studio.swap.engine import diffusion_swap, load_inswapper, load_target, swap_faces
 from studio.swap.targets import FaceChoice, choose_faces
@@ -39,6 +40,8 @@ class SwapStudio(Protocol):
     model_set: ModelSet
     host: PipelineHost
 
+    @property
+    def face_parser(self) -> FaceParser: ...
     def analyze(self, image: np.ndarray, *encoders: str) -> list[Face]: ...
     def analyzer(self, *encoders: str) -> FaceAnalyzer: ...
     def scoring_encoder(self) -> str: ...
@@ -109,6 +112,7 @@ def run_swap(studio: SwapStudio, request: SwapRequest, out_dir: Path) -> SwapRes
         diffusion=diffusion,
         strength=request.strength,
         generator=torch.Generator("cpu").manual_seed(request.seed),
+        parser=studio.face_parser,
     )
 
     method = request.method + (" + diffusion refine" if inswapper and diffusion else "")

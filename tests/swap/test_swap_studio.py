@@ -97,6 +97,7 @@ def test_path_b_changes_nothing_outside_the_mask_and_shares_the_pipeline(studio,
         diffusion=swap,
         strength=0.9,
         generator=torch.Generator().manual_seed(0),
+        parser=studio.face_parser,
     )
     outside = edit.weight == 0
     assert np.array_equal(edit.image[outside], group_rgb[outside])
