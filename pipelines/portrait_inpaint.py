@@ -18,33 +18,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
-from diffusers.models import (
-    AutoencoderKL,
-    ControlNetModel,
-    ModelMixin,
-    MultiControlNetModel,
-    UNet2DConditionModel,
-)
+from diffusers.image_processor import PipelineImageInput
 from diffusers.pipelines.stable_diffusion import (
     StableDiffusionPipelineOutput,
-    StableDiffusionSafetyChecker,
 )
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint import (
-    retrieve_latents,
-)
-from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import logging, replace_example_docstring
-from diffusers.utils.torch_utils import randn_tensor
-from transformers import (
-    CLIPImageProcessor,
-    CLIPTextModel,
-    CLIPTokenizer,
-    CLIPVisionModelWithProjection,
-)
 
 from pipelines.conditioning import ConditionImageInput
+from pipelines.inpainting import InpaintingMixin
 from pipelines.portrait import PortraitPipeline
 
 logger = logging.get_logger(__name__)
@@ -72,116 +54,17 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class PortraitInpaintPipeline(PortraitPipeline):
+class PortraitInpaintPipeline(InpaintingMixin, PortraitPipeline):
     r"""
     Repaints the masked part of an image with a person's identity, keeping the rest.
 
     The [`PortraitPipeline`] (identity adapter tokens, optional ControlNet) on an ordinary
     4-channel UNet, inpainting as diffusers' [`~diffusers.StableDiffusionInpaintPipeline`] does
-    with such a UNet: the image's latents are noised to the step that `strength` picks, and
-    after every step the latents outside the mask are replaced by the image's, noised to the
-    next step. Made with `from_pipe` from a loaded [`PortraitPipeline`], it shares all weights
-    (the studio's face swap uses it this way). Latents outside the mask keep the image, but the
-    decoded pixels there are the VAE's reconstruction: callers that need the original pixels
-    blend them back with the mask.
+    with such a UNet ([`~pipelines.inpainting.InpaintingMixin`]). Made with `from_pipe` from a
+    loaded [`PortraitPipeline`], it shares all weights (the studio's face swap uses it so).
+    Latents outside the mask keep the image, but the decoded pixels there are the VAE's
+    reconstruction: callers that need the original pixels blend them back with the mask.
     """
-
-    def __init__(
-        self,
-        vae: AutoencoderKL,
-        text_encoder: CLIPTextModel,
-        tokenizer: CLIPTokenizer,
-        unet: UNet2DConditionModel,
-        scheduler: KarrasDiffusionSchedulers,
-        safety_checker: StableDiffusionSafetyChecker | None = None,
-        feature_extractor: CLIPImageProcessor | None = None,
-        image_encoder: CLIPVisionModelWithProjection | None = None,
-        controlnet: ControlNetModel | list[ControlNetModel] | MultiControlNetModel | None = None,
-        identity_projection: ModelMixin | None = None,
-        identity_attn: ModelMixin | None = None,
-        wplus_projection: ModelMixin | None = None,
-        wplus_attn: ModelMixin | None = None,
-        requires_safety_checker: bool = True,
-    ):
-        super().__init__(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=safety_checker,
-            feature_extractor=feature_extractor,
-            image_encoder=image_encoder,
-            controlnet=controlnet,
-            identity_projection=identity_projection,
-            identity_attn=identity_attn,
-            wplus_projection=wplus_projection,
-            wplus_attn=wplus_attn,
-            requires_safety_checker=requires_safety_checker,
-        )
-        self.mask_processor = VaeImageProcessor(
-            vae_scale_factor=self.vae_scale_factor,
-            do_normalize=False,
-            do_binarize=True,
-            do_convert_grayscale=True,
-        )
-
-    @classmethod
-    def from_pipe(cls, pipeline, **kwargs: Any):
-        """diffusers' ``from_pipe``, also handing over the identity and W+ adapters' components
-        (diffusers hands over a model only when its class is the one the signature names)."""
-        for name in ADAPTER_COMPONENTS:
-            kwargs.setdefault(name, getattr(pipeline, name, None))
-        return super().from_pipe(pipeline, **kwargs)
-
-    def get_timesteps(self, num_inference_steps, strength, device):
-        """The schedule's last ``strength`` of the steps, and how many they are."""
-        # Copied from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img.StableDiffusionImg2ImgPipeline.get_timesteps  # noqa: E501
-        # get the original timestep using init_timestep
-        init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
-
-        t_start = max(num_inference_steps - init_timestep, 0)
-        timesteps = self.scheduler.timesteps[t_start * self.scheduler.order :]
-        if hasattr(self.scheduler, "set_begin_index"):
-            self.scheduler.set_begin_index(t_start * self.scheduler.order)
-
-        # End of copy
-        return timesteps, num_inference_steps - t_start
-
-    def prepare_image_latents(
-        self,
-        image: torch.Tensor,
-        *,
-        num_images: int,
-        timestep: torch.Tensor,
-        strength: float,
-        generator: torch.Generator | list[torch.Generator] | None,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The starting latents, the noise they hold and the image's clean latents.
-
-        As diffusers' inpainting pipeline: pure noise at `strength` 1, else the image's latents
-        noised to `timestep`.
-        """
-        image = image.to(device=device, dtype=dtype)
-        if isinstance(generator, list):
-            image_latents = torch.cat(
-                [
-                    retrieve_latents(self.vae.encode(image), generator=one)
-                    for one in generator[: len(image)]
-                ]
-            )
-        else:
-            image_latents = retrieve_latents(self.vae.encode(image), generator=generator)
-        image_latents = self.vae.config.scaling_factor * image_latents
-        image_latents = image_latents.repeat(num_images // image_latents.shape[0], 1, 1, 1)
-        noise = randn_tensor(image_latents.shape, generator=generator, device=device, dtype=dtype)
-        if strength >= 1.0:
-            latents = noise * self.scheduler.init_noise_sigma
-        else:
-            latents = self.scheduler.add_noise(image_latents, noise, timestep)
-        return latents, noise, image_latents
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -278,16 +161,7 @@ class PortraitInpaintPipeline(PortraitPipeline):
                 The images and `None` for the safety verdicts (the studio runs none).
         """
         self.check_reference_arguments(kwargs)
-        if image is None or mask_image is None:
-            raise ValueError("pass `image` and `mask_image`: what to repaint, and where")
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"`strength` must be in (0, 1]; found {strength}")
-        if self.unet.config.in_channels != 4:
-            raise ValueError(
-                f"this pipeline inpaints with an ordinary 4-channel UNet; the loaded UNet takes "
-                f"{self.unet.config.in_channels} channels (an inpainting UNet): use diffusers' "
-                "StableDiffusionInpaintPipeline with it"
-            )
+        self.check_inpaint_inputs(image, mask_image, strength)
 
         # 0. Output size (by default the image's) and the condition images at that size
         height, width = self.default_height_width(height, width, [image])
@@ -368,17 +242,13 @@ class PortraitInpaintPipeline(PortraitPipeline):
             self.scheduler, num_inference_steps, device
         )
         timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength, device)
-        if num_inference_steps < 1:
-            raise ValueError(
-                f"`strength` {strength} leaves no denoising step of {len(self.scheduler.timesteps)}"
-                "; raise `strength` or `num_inference_steps`"
-            )
         latent_timestep = timesteps[:1].repeat(num_images)
 
-        # 7. The image's latents, the starting latents and the mask at latent size
-        init_image = self.image_processor.preprocess(image, height=height, width=width)
+        # 7. The starting latents, the image's own and the mask at latent size
         latents, noise, image_latents = self.prepare_image_latents(
-            init_image.to(dtype=torch.float32),
+            image,
+            height=height,
+            width=width,
             num_images=num_images,
             timestep=latent_timestep,
             strength=strength,
@@ -386,11 +256,14 @@ class PortraitInpaintPipeline(PortraitPipeline):
             device=device,
             dtype=prompt_embeds.dtype,
         )
-        mask = self.mask_processor.preprocess(mask_image, height=height, width=width)
-        mask = torch.nn.functional.interpolate(
-            mask, size=(height // self.vae_scale_factor, width // self.vae_scale_factor)
-        ).to(device=device, dtype=prompt_embeds.dtype)
-        init_mask = mask.repeat(num_images // mask.shape[0], 1, 1, 1)
+        mask = self.prepare_inpaint_mask(
+            mask_image,
+            height=height,
+            width=width,
+            num_images=num_images,
+            device=device,
+            dtype=prompt_embeds.dtype,
+        )
 
         # 8. Denoising loop, the image's latents restored outside the mask after every step
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
@@ -434,23 +307,18 @@ class PortraitInpaintPipeline(PortraitPipeline):
                 latents = self.scheduler.step(
                     noise_pred, t, latents, **extra_step_kwargs, return_dict=False
                 )[0]
-                # As diffusers' inpainting with a 4-channel UNet: outside the mask, the image
-                init_latents_proper = image_latents
-                if i < len(timesteps) - 1:
-                    noise_timestep = timesteps[i + 1]
-                    init_latents_proper = self.scheduler.add_noise(
-                        init_latents_proper, noise, torch.tensor([noise_timestep])
-                    )
-                latents = (1 - init_mask) * init_latents_proper + init_mask * latents
+                latents = self.restore_known(
+                    latents,
+                    image_latents=image_latents,
+                    noise=noise,
+                    mask=mask,
+                    timesteps=timesteps,
+                    step=i,
+                )
                 progress_bar.update()
 
         # 9. Decode
-        if output_type == "latent":
-            raise ValueError("`output_type` must be 'pil', 'np' or 'pt' for inpainting")
-        decoded = self.vae.decode(
-            latents / self.vae.config.scaling_factor, return_dict=False, generator=generator
-        )[0]
-        images = self.image_processor.postprocess(decoded, output_type=output_type)
+        images = self.decode_inpainted(latents, output_type, generator)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images, None)

@@ -139,6 +139,7 @@ SDXL = register_family(
         pose_argument="keypoint_image",
         pose_from_profile=True,
         validation_guidance=5.0,
+        identity_inpaint_pipeline="PortraitXLInpaintPipeline",
         kohya_base_version="sdxl_base_v1-0",
         modelspec_architecture="stable-diffusion-xl-v1-base/lora",
         kohya_text_encoder_prefixes=MappingProxyType(

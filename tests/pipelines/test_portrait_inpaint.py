@@ -9,7 +9,7 @@ import torch
 from portrait_helpers import condition, load_pipeline, make_controlnet, unit_embeds
 
 from adapters import write_checkpoint
-from pipelines import PortraitInpaintPipeline, PortraitPipeline
+from pipelines import PortraitInpaintPipeline, PortraitPipeline, PortraitXLInpaintPipeline
 from studio.models.tiny import built_path
 
 SIZE = 64
@@ -108,3 +108,22 @@ def test_strength_runs_that_fraction_of_the_steps_and_is_checked(inpaint):
             run(inpaint, square_mask(), strength=strength)
     with pytest.raises(ValueError, match="leaves no denoising step"):
         run(inpaint, square_mask(), num_inference_steps=2, strength=0.2)
+
+
+def test_the_sdxl_twin_inpaints_with_instantid(sdxl_instantid):
+    pipe = PortraitXLInpaintPipeline.from_pipe(sdxl_instantid)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet is sdxl_instantid.unet and pipe.identitynet is sdxl_instantid.identitynet
+    assert pipe.identity_attn is sdxl_instantid.identity_attn
+    mask = square_mask()
+    first = run(pipe, mask, keypoint_image=condition(4))
+    for other in (
+        run(pipe, mask, keypoint_image=condition(4), identity_embeds=unit_embeds(2, seed=7)),
+        run(pipe, mask, keypoint_image=condition(5)),
+    ):
+        difference = np.abs(other - first).mean(axis=2)
+        assert difference[20:44, 20:44].mean() > 10 * max(difference[:8, :].mean(), 1e-4)
+    empty = np.zeros_like(mask)
+    kept = run(pipe, empty, keypoint_image=condition(4))
+    changed = run(pipe, empty, keypoint_image=condition(5), identity_embeds=unit_embeds(2, seed=7))
+    assert np.allclose(kept, changed)

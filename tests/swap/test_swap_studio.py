@@ -161,3 +161,13 @@ def test_the_swap_stage_puts_the_portrait_person_onto_a_template(studio, group_p
         studio.generate(
             PortraitRequest("Ada", prompt="x", steps=2, stages=("swap",), swap_target="nope.jpg")
         )
+
+
+def test_path_b_on_the_sdxl_set_reads_the_targets_keypoints(studio, group_photo, group_rgb):
+    studio.use_models("tiny-xl")
+    result = studio.swap(SwapRequest("Ada", group_photo, face="2", steps=2))
+    assert result.faces == (2,) and sidecar(result.path)["model_set"] == "tiny-xl"
+    swap = diffusion_swap(studio.host, studio.model_set, studio.identity("Ada"), steps=2)
+    assert type(swap.pipe).__name__ == "PortraitXLInpaintPipeline"
+    assert swap.pose_kind == "kps" and swap.pose_argument == "keypoint_image"
+    assert swap.pipe.unet is studio.pipeline().unet
