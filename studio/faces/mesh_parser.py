@@ -8,15 +8,16 @@ Offline and torch-free. From the mesh (the face's own, or one found in its box):
   oval whose colour is far from the face's own skin colour (a hand in a glove, a microphone, a
   strand of hair) are left ``background``; with segmentation, those above the brows or of the
   hair's colour become ``hair`` (a fringe, a low hairline).
-  The skin colour is a Gaussian in Lab fitted to the oval's skin pixels.
+  The skin colour is a Gaussian in Lab fitted (robustly) to the cheeks, between eyes and mouth.
 
 With mediapipe's selfie segmentation (``segmenter=True``, the default, when mediapipe is
 installed) it also labels the person's pixels outside the oval, near the face:
 
 - ``l_ear``/``r_ear``: skin-coloured, beside the oval on that side, between brow and mouth level;
-- ``skin``: skin-coloured above the oval, within the face's width (the forehead's top);
-- ``hair``: not skin-coloured, above the mouth within one face width of the oval (down to the
-  chin only close to the jaw, as shoulders may rise that high);
+- ``skin``: skin-coloured and as light as most of the cheeks above the oval, within the face's
+  width (the forehead's top);
+- ``hair``: not lit skin, above the mouth within one face width of the oval; down to the chin
+  only close to the jaw (shoulders may rise that high) and not skin-coloured;
 - ``neck``: skin-coloured below the chin within the face's width;
 - ``cloth``: the rest of the person below the chin.
 
@@ -198,13 +199,15 @@ def _parse_crop(crop: np.ndarray, mesh: np.ndarray, person: np.ndarray | None) -
     )
     lab = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB).astype(np.float32)
     skin_region = oval & ~features
-    skin_d2 = _colour_distance(lab, _core(skin_region))
+    cheeks = _core(skin_region & _cheek_band(mesh, shape))
+    skin_d2 = _colour_distance(lab, cheeks)
     occluder = _patches(skin_region & (skin_d2 > OCCLUDER_D2), np.count_nonzero(oval))
 
     layers: list[tuple[str, np.ndarray]] = []
     hair_d2 = None
     if person is not None:
-        layers, hair_d2 = _around(mesh, shape, person & ~oval, skin_d2, lab)
+        lit = lab[..., 0] >= np.percentile(lab[cheeks][:, 0], 25) if cheeks.any() else True
+        layers, hair_d2 = _around(mesh, shape, person & ~oval, skin_d2, lab, lit)
     layers.append(("skin", skin_region & ~occluder))
     if person is not None:
         brow_y = xy[list(regions.LEFT_EYEBROW + regions.RIGHT_EYEBROW), 1].min()
@@ -225,14 +228,27 @@ def _parse_crop(crop: np.ndarray, mesh: np.ndarray, person: np.ndarray | None) -
     return labels_from_masks(shape, layers)
 
 
+def _cheek_band(mesh: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Rows from below the eyes to above the mouth: skin on almost every face (a fringe, a low
+    hairline or a beard would bias a model fitted to the whole oval)."""
+    xy = mesh[:, :2]
+    top = xy[list(regions.LEFT_EYE_LOWER + regions.RIGHT_EYE_LOWER), 1].max()
+    bottom = xy[list(regions.LIPS_OUTER_UPPER), 1].min()
+    rows = np.arange(shape[0])[:, None]
+    return np.broadcast_to((rows > top) & (rows < bottom), shape)
+
+
 def _around(
     mesh: np.ndarray,
     shape: tuple[int, int],
     outside: np.ndarray,
     skin_d2: np.ndarray,
     lab: np.ndarray,
+    lit: np.ndarray | bool,
 ) -> tuple[list[tuple[str, np.ndarray]], np.ndarray | None]:
-    """Ears, forehead skin, hair, neck and clothes among the person's pixels outside the oval."""
+    """Ears, forehead skin, hair, neck and clothes among the person's pixels outside the oval;
+    ``lit``: at least as light as the lighter three quarters of the cheeks (dark hair under
+    low-key light can match shaded skin in colour, rarely in lightness)."""
     xy = mesh[:, :2]
     oval = xy[list(regions.FACE_OVAL)]
     face_width = float(np.ptp(oval[:, 0]))
@@ -255,14 +271,16 @@ def _around(
     forehead = (
         outside
         & skin_like
+        & lit
         & (rows < brow_y)
         & (distance <= EAR_REACH * face_width)
         & (np.abs(cols - centre_x) <= 0.5 * face_width)
     )
-    # Beside the jaw only close to it: the shoulders may rise above the chin line.
-    head = (rows < mouth_y) & (distance <= HAIR_REACH * face_width)
-    head |= above_chin & (distance <= EAR_REACH * face_width)
-    hair = outside & ~skin_like & head
+    # Above the mouth, anything but lit skin; beside the jaw only close to it (the shoulders
+    # may rise above the chin line) and only where not skin-coloured (a shaded neck).
+    head = (rows < mouth_y) & (distance <= HAIR_REACH * face_width) & ~(skin_like & lit)
+    jaw = above_chin & (distance <= EAR_REACH * face_width) & ~skin_like
+    hair = outside & (head | jaw)
     hair_d2 = _colour_distance(lab, _core(hair)) if hair.any() else None
     below = outside & ~above_chin
     neck = below & skin_like & (np.abs(cols - centre_x) <= NECK_HALF_WIDTH * face_width)

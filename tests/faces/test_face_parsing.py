@@ -224,6 +224,7 @@ def test_occlusion_keeps_hair_and_composition_excludes_it(parsed, faces):
     occlusion = occlusion_mask(parsing, face)
     assert (occlusion[parsing.mask("hair")] == 1).all()
     masks = compose_face_mask(parsing, face)
+    assert (masks.box[parsing.union(FACE_PARTS)] >= 0.9).mean() > 0.95  # the box spares the face
     assert (masks.mask[parsing.mask("hair")] == 0).all()
     assert (masks.mask[~parsing.union(FACE_PARTS)] == 0).all()
     assert masks.mask.max() > 0.99
