@@ -5,7 +5,8 @@ The target face is cropped upright with a margin and scaled to the pipeline's re
 loaded pipeline's identity-inpainting twin (``host.derived("portrait-inpaint")``, sharing every
 weight), conditioned on the TARGET's own landmarks (mesh or keypoints, as the model set's pose
 ControlNet reads them) so pose and expression stay; the result is colour-matched to the crop,
-scaled back down and feather-pasted. Outside the pasted weight the photo is unchanged.
+area-averaged back down to the face's size and feather-pasted. Outside the pasted weight the
+photo is unchanged.
 """
 
 from __future__ import annotations
@@ -92,6 +93,22 @@ def pose_image(face: Face, aligned: AlignedFace, kind: str | None) -> np.ndarray
     return None
 
 
+def shrink_to_photo(
+    crop: np.ndarray, mask: np.ndarray, aligned: AlignedFace
+) -> tuple[np.ndarray, np.ndarray]:
+    """The crop and its mask area-averaged down to the face's size in the photo, when the crop
+    is larger, so the paste's bilinear warp does not alias (a 512-px face into a 100-px one)."""
+    scale = math.sqrt(abs(np.linalg.det(aligned.matrix[:, :2])))  # crop px per photo px
+    if scale <= 1.0:
+        return crop, mask
+    side = max(1, round(crop.shape[0] / scale))
+    size = (side, side)
+    return (
+        cv2.resize(crop, size, interpolation=cv2.INTER_AREA),
+        cv2.resize(mask, size, interpolation=cv2.INTER_AREA),
+    )
+
+
 def diffuse_face(
     image: np.ndarray,
     face: Face,
@@ -133,7 +150,7 @@ def diffuse_face(
     if note:
         notes.append(note)
     painted = np.asarray(images[0].convert("RGB"))
-    painted = match_color(painted, aligned.image, mask)
+    painted, mask = shrink_to_photo(match_color(painted, aligned.image, mask), mask, aligned)
     result, weight = paste_face(image, painted, aligned, mask, feather=FEATHER)
     check_covers(weight, label)
     return FaceEdit(result, weight, tuple(notes))

@@ -21,6 +21,7 @@ from studio.faces.onnx_rewrite import last_initializer
 from studio.faces.onnx_session import ModelFormatError
 from studio.faces.swapper import INSWAPPER_SIZE, InSwapper, SwapperUnavailableError
 from studio.images import load_image
+from studio.swap.diffuse import crop_for_diffusion, shrink_to_photo
 from studio.swap.face_mask import check_covers, face_mask
 from studio.swap.inswap import inswap_face
 from studio.swap.targets import FaceChoice, choose_faces
@@ -177,3 +178,13 @@ def test_the_mask_keeps_hair_and_background_of_the_target(group_rgb, group_faces
     for kept in ("hair", "background"):  # hair and background are the target's
         where = mask_in_crop(parsing.mask(kept).astype(np.float32), aligned) > 0.99
         assert where.sum() > 50 and mask[where].max() < 0.05
+
+
+def test_a_large_crop_is_area_averaged_to_the_face_size_before_pasting(group_rgb, group_faces):
+    aligned = crop_for_diffusion(group_rgb, group_faces[0], 512)
+    crop, mask = aligned.image, np.ones((512, 512), np.float32)
+    small, small_mask = shrink_to_photo(crop, mask, aligned)
+    scale = np.sqrt(abs(np.linalg.det(aligned.matrix[:, :2])))
+    assert scale > 2 and small.shape[0] == round(512 / scale) == small_mask.shape[0]
+    tiny = crop_for_diffusion(group_rgb, group_faces[0], 16)  # smaller than the face: kept
+    assert shrink_to_photo(tiny.image, mask[:16, :16], tiny)[0] is tiny.image
