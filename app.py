@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio import webui, webui_wplus
+from studio import webui, webui_swap, webui_wplus
 from studio.cli_common import setup_logging
 from studio.errors import StudioError
 from studio.limits import MAX_IDENTITY_SCALE, MAX_IMAGES, MAX_SEED
@@ -237,6 +237,8 @@ def build_demo(studio: Studio, *, banner: str | None = None) -> gr.Blocks:
                             elem_id="gen-files",
                         )
                 seeds = gr.State([])
+
+            webui_swap.build_swap_tab(studio, gpu=GPU)
 
             with gr.Tab("History", elem_id="tab-history") as history_tab:
                 refresh = gr.Button("Refresh", elem_id="history-refresh")

@@ -56,6 +56,9 @@ class BaseFamily:
     kohya_text_encoder_prefixes: Mapping[str, str]
     pipeline_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     """Extra ``from_pretrained`` / constructor arguments for this family's pipeline."""
+    identity_inpaint_pipeline: str | None = None
+    """The studio pipeline in :mod:`pipelines` that inpaints with the identity adapter and the
+    pose control (face swap); ``None`` where the family has none yet."""
 
     @property
     def tokenizers(self) -> tuple[str, ...]:
@@ -65,6 +68,17 @@ class BaseFamily:
         import pipelines
 
         return getattr(pipelines, self.pipeline)
+
+    def identity_inpaint_pipeline_class(self) -> type:
+        import pipelines
+
+        if self.identity_inpaint_pipeline is None:
+            raise ConfigError(
+                f"identity inpainting (the diffusion face swap) is not available for "
+                f"{self.title} yet; use an SD1.5 model set (e.g. --models sd15 or tiny), or "
+                "--method inswapper"
+            )
+        return getattr(pipelines, self.identity_inpaint_pipeline)
 
     def inpaint_pipeline_class(self) -> type:
         import diffusers
@@ -104,6 +118,7 @@ SD15 = register_family(
         pipeline_options=MappingProxyType(
             {"safety_checker": None, "requires_safety_checker": False}
         ),
+        identity_inpaint_pipeline="PortraitInpaintPipeline",
     )
 )
 
@@ -124,6 +139,7 @@ SDXL = register_family(
         pose_argument="keypoint_image",
         pose_from_profile=True,
         validation_guidance=5.0,
+        identity_inpaint_pipeline="PortraitXLInpaintPipeline",
         kohya_base_version="sdxl_base_v1-0",
         modelspec_architecture="stable-diffusion-xl-v1-base/lora",
         kohya_text_encoder_prefixes=MappingProxyType(

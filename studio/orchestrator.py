@@ -33,10 +33,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+import studio.stagelib  # noqa: F401  (registers the built-in stages)
 from studio.errors import StudioError
+from studio.face_parsers import face_parser_for
 from studio.faces.analyzer import DEFAULT_ENCODER, FaceAnalyzer, analyzer_from_settings
 from studio.faces.condition import pose_condition
 from studio.faces.encoders import IdentityEmbedding, mean_embedding
+from studio.faces.types import Face
 from studio.host import ActiveLora, PipelineHost
 from studio.images import ImageLoadError, load_image
 from studio.limits import MAX_REFINE_STEPS, check_range
@@ -59,6 +62,8 @@ from studio.stages import (
     run_stages,
 )
 from studio.styles import StylePreset, get_style, load_styles, user_styles_dir
+from studio.swap.service import run_swap
+from studio.swap.types import SwapRequest, SwapResult
 from studio.training.run_folder import slug
 from studio.wplus import face_points
 from studio.wplus_models import WPlusModels
@@ -107,8 +112,7 @@ class Studio:
         self.settings = settings
         self.model_set = select_model_set(models)
         self.host = PipelineHost(settings)
-        self.face_parser: FaceParser | None = None
-        """The slot a face-parsing model fills for the stages; none is installed yet."""
+        self._face_parser: FaceParser | None = None
         self.styles: dict[str, StylePreset] = load_styles(user_dir=user_styles_dir(settings))
         self._stages: dict[str, Stage] = {}
         self._analyzers: dict[tuple[str, ...], FaceAnalyzer] = {}
@@ -128,10 +132,19 @@ class Studio:
                 self.host.unload()
                 self.model_set = model_set
                 self.wplus = self._wplus_models()
+                self._face_parser = None
 
     def pipeline(self):
         """The model set's identity pipeline, loaded on first use."""
         return self.host.pipeline(self.model_set)
+
+    @property
+    def face_parser(self) -> FaceParser:
+        """The stages' face parser (BiSeNet when its file is local, else the mesh), made once."""
+        with self._faces_lock:
+            if self._face_parser is None:
+                self._face_parser = face_parser_for(self.settings, self.model_set)
+            return self._face_parser
 
     # Faces and profiles
 
@@ -141,6 +154,12 @@ class Studio:
             if encoders not in self._analyzers:
                 self._analyzers[encoders] = analyzer_from_settings(self.settings, encoders)
             return self._analyzers[encoders]
+
+    def analyze(self, image: np.ndarray, *encoders: str) -> list[Face]:
+        """Every face of an RGB image, largest first, described with these encoders."""
+        analyzer = self.analyzer(*encoders)
+        with self._faces_lock:
+            return analyzer.analyze(image)
 
     @contextmanager
     def library(self, *, wplus: bool = False) -> Iterator[ProfileLibrary]:
@@ -436,6 +455,17 @@ class Studio:
             portraits.append(Portrait(path, seed, score))
         portraits.sort(key=lambda p: p.score.similarity, reverse=True)
         return PortraitResult(tuple(portraits), prompt, scorer.encoder, tuple(notes))
+
+    def swap(self, request: SwapRequest, out_dir: Path | None = None) -> SwapResult:
+        """Put a profile's face into a photo (:mod:`studio.swap`) and save the result (to
+        ``out_dir``, default the history's folder)."""
+        if self._training.is_set():
+            raise StudioError(
+                "a LoRA is training on this machine; wait until it finishes, or cancel it, "
+                "then swap"
+            )
+        with self._gpu_lock:
+            return run_swap(self, request, out_dir or self.portraits_dir)
 
     def _stage(self, name: str) -> Stage:
         """The registered stage ``name``, made once per studio."""

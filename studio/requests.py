@@ -47,6 +47,8 @@ class PortraitRequest:
     (see :mod:`studio.directions`); they need a model set with the W+ adapter."""
     wplus_scale: float | None = None
     """Strength of the W+ adapter (0 to 1.5); ``None`` keeps the adapter's (1.0)."""
+    swap_target: str | Path | None = None
+    """The ``swap`` stage's template photo: the person's face goes onto its largest face."""
 
     def validate(self) -> None:
         """Raise a :class:`StudioError` naming the first unusable field and its range."""

@@ -1,6 +1,16 @@
 """Subcommands of ``python -m studio``; each module offers ``register(subparsers, common)``."""
 
-from studio.commands import doctor, faces, generate, models, portrait, profile, train, watermark
+from studio.commands import (
+    doctor,
+    faces,
+    generate,
+    models,
+    portrait,
+    profile,
+    swap,
+    train,
+    watermark,
+)
 
 COMMANDS = (
     generate.register,
@@ -9,6 +19,7 @@ COMMANDS = (
     models.register,
     doctor.register,
     profile.register,
+    swap.register,
     train.register,
     watermark.register,
 )

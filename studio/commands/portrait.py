@@ -31,6 +31,9 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stage", action="append", default=[], help="a stage to run on each image (repeatable)"
     )
+    p.add_argument(
+        "--swap-target", type=Path, help="the swap stage's template photo (with --stage swap)"
+    )
     p.add_argument("--models", default="tiny", help="model set (default: tiny)")
     p.add_argument("--out", type=Path, help="output folder (default: the history folder)")
     edit_options(p, scale=True)
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         stages=tuple(args.stage),
         edits=tuple(args.edits),
         wplus_scale=args.wplus_scale,
+        swap_target=args.swap_target,
     )
     result = studio.generate(request, out_dir=args.out)
     for note in result.notes:

@@ -18,6 +18,8 @@ import logging
 import struct
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
+
 logger = logging.getLogger(__name__)
 
 _MODEL_GRAPH = 7  # ModelProto.graph
@@ -28,6 +30,7 @@ _ATTRIBUTE_NAME = 1
 _VALUE_INFO_NAME, _VALUE_INFO_TYPE = 1, 2
 _TYPE_TENSOR, _TENSOR_TYPE_SHAPE, _SHAPE_DIM, _DIM_PARAM = 1, 2, 1, 2
 _TENSOR_DIMS, _TENSOR_DATA_TYPE, _TENSOR_NAME, _TENSOR_RAW_DATA = 1, 2, 8, 9
+_TENSOR_FLOAT_DATA = 4
 _TENSOR_FLOAT = 1
 _VARINT, _LENGTH_DELIMITED = 0, 2
 # Ops whose subgraphs may read outer-scope names: a graph with any of them is left as it is.
@@ -285,3 +288,32 @@ def prepare_for_ort(model: bytes, *, free_io_shapes: bool = False) -> bytes:
         _message(_MODEL_GRAPH, graph_bytes) if number == _MODEL_GRAPH else encoded
         for number, encoded, _ in model_fields
     )
+
+
+def last_initializer(model: bytes) -> np.ndarray:
+    """The main graph's last initializer, a float32 tensor, as a numpy array.
+
+    insightface's ``inswapper_128.onnx`` keeps its ``emap`` (ArcFace embedding to the swapper's
+    latent, ``[512, 512]``) there, and insightface reads it the same way.
+    """
+    graphs = [p for number, _, p in _fields(memoryview(model)) if number == _MODEL_GRAPH]
+    if len(graphs) != 1 or graphs[0] is None:
+        raise ValueError("not an ONNX model: expected one graph")
+    tensors = [
+        payload
+        for number, _, payload in _fields(graphs[0])
+        if number == _GRAPH_INITIALIZER and payload is not None
+    ]
+    if not tensors:
+        raise ValueError("the ONNX graph has no initializer")
+    fields = _fields(tensors[-1])
+    if _varints(fields, _TENSOR_DATA_TYPE) != [_TENSOR_FLOAT]:
+        raise ValueError("the ONNX graph's last initializer is not a float32 tensor")
+    raw = [payload for number, _, payload in fields if number == _TENSOR_RAW_DATA and payload]
+    packed = [payload for number, _, payload in fields if number == _TENSOR_FLOAT_DATA and payload]
+    data = bytes(raw[-1]) if raw else b"".join(bytes(payload) for payload in packed)
+    values = np.frombuffer(data, dtype="<f4").astype(np.float32)
+    dims = _varints(fields, _TENSOR_DIMS)
+    if values.size != int(np.prod(dims)):
+        raise ValueError(f"the ONNX graph's last initializer holds {values.size} values for {dims}")
+    return values.reshape(dims)

@@ -1,0 +1,187 @@
+# Copyright 2026 The Portrait Studio authors and The HuggingFace Team. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Inpainting with an ordinary 4-channel UNet, as diffusers' inpainting pipelines do with one.
+
+:class:`InpaintingMixin` is mixed into the identity-inpainting pipelines (SD1.5 and SDXL) before
+their portrait pipeline: the image's latents are noised to the step that ``strength`` picks,
+and after every step the latents outside the mask are put back to the image's, noised to the
+next step. Made with ``from_pipe`` from a loaded portrait pipeline, the inpainting one shares
+every weight, the identity adapter's included.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint import (
+    retrieve_latents,
+)
+from diffusers.utils.torch_utils import randn_tensor
+
+ADAPTER_COMPONENTS = ("identity_projection", "identity_attn", "wplus_projection", "wplus_attn")
+"""Components typed ``ModelMixin`` in the signatures, which diffusers' ``from_pipe`` would drop."""
+
+
+class InpaintingMixin:
+    """Image and mask preparation, the strength's schedule and the per-step restore."""
+
+    @classmethod
+    def from_pipe(cls, pipeline, **kwargs: Any):
+        """diffusers' ``from_pipe``, also handing over the identity (and W+) adapters'
+        components (diffusers hands over a model only when its class is the one the signature
+        names)."""
+        accepted = inspect.signature(cls.__init__).parameters
+        for name in ADAPTER_COMPONENTS:
+            if name in accepted:
+                kwargs.setdefault(name, getattr(pipeline, name, None))
+        return super().from_pipe(pipeline, **kwargs)
+
+    @property
+    def mask_processor(self) -> VaeImageProcessor:
+        """diffusers' inpainting mask processor: grayscale, binarised, not normalised."""
+        return VaeImageProcessor(
+            vae_scale_factor=self.vae_scale_factor,
+            do_normalize=False,
+            do_binarize=True,
+            do_convert_grayscale=True,
+        )
+
+    def check_inpaint_inputs(self, image: Any, mask_image: Any, strength: float) -> None:
+        if image is None or mask_image is None:
+            raise ValueError("pass `image` and `mask_image`: what to repaint, and where")
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"`strength` must be in (0, 1]; found {strength}")
+        if self.unet.config.in_channels != 4:
+            raise ValueError(
+                f"this pipeline inpaints with an ordinary 4-channel UNet; the loaded UNet takes "
+                f"{self.unet.config.in_channels} channels (an inpainting UNet): use diffusers' "
+                "inpainting pipeline with it"
+            )
+
+    def get_timesteps(self, num_inference_steps, strength, device):
+        """The schedule's last ``strength`` of the steps, and how many they are."""
+        # Copied from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img.StableDiffusionImg2ImgPipeline.get_timesteps  # noqa: E501
+        # get the original timestep using init_timestep
+        init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
+
+        t_start = max(num_inference_steps - init_timestep, 0)
+        timesteps = self.scheduler.timesteps[t_start * self.scheduler.order :]
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(t_start * self.scheduler.order)
+
+        # End of copy
+        if num_inference_steps - t_start < 1:
+            raise ValueError(
+                f"`strength` {strength} leaves no denoising step of {num_inference_steps}; raise "
+                "`strength` or `num_inference_steps`"
+            )
+        return timesteps, num_inference_steps - t_start
+
+    @contextmanager
+    def vae_in_float32(self) -> Iterator[None]:
+        """Run the VAE in float32 while inside, when it is a float16 VAE that overflows
+        (``force_upcast``), as diffusers' SDXL pipelines do."""
+        upcast = self.vae.dtype == torch.float16 and self.vae.config.get("force_upcast", False)
+        if upcast:
+            self.vae.to(dtype=torch.float32)
+        try:
+            yield
+        finally:
+            if upcast:
+                self.vae.to(dtype=torch.float16)
+
+    def prepare_image_latents(
+        self,
+        image: PipelineImageInput,
+        *,
+        height: int,
+        width: int,
+        num_images: int,
+        timestep: torch.Tensor,
+        strength: float,
+        generator: torch.Generator | list[torch.Generator] | None,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The starting latents, the noise they hold and the image's clean latents: pure noise
+        at ``strength`` 1, else the image's latents noised to ``timestep``."""
+        pixels = self.image_processor.preprocess(image, height=height, width=width)
+        with self.vae_in_float32():
+            pixels = pixels.to(device=device, dtype=self.vae.dtype)
+            if isinstance(generator, list):
+                encoded = [
+                    retrieve_latents(self.vae.encode(pixels), generator=one)
+                    for one in generator[: len(pixels)]
+                ]
+                image_latents = torch.cat(encoded)
+            else:
+                image_latents = retrieve_latents(self.vae.encode(pixels), generator=generator)
+        image_latents = (self.vae.config.scaling_factor * image_latents).to(dtype)
+        image_latents = image_latents.repeat(num_images // image_latents.shape[0], 1, 1, 1)
+        noise = randn_tensor(image_latents.shape, generator=generator, device=device, dtype=dtype)
+        if strength >= 1.0:
+            latents = noise * self.scheduler.init_noise_sigma
+        else:
+            latents = self.scheduler.add_noise(image_latents, noise, timestep)
+        return latents, noise, image_latents
+
+    def prepare_inpaint_mask(
+        self,
+        mask_image: PipelineImageInput,
+        *,
+        height: int,
+        width: int,
+        num_images: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """The binarised mask at latent size, ``[num_images, 1, h, w]``."""
+        mask = self.mask_processor.preprocess(mask_image, height=height, width=width)
+        mask = torch.nn.functional.interpolate(
+            mask, size=(height // self.vae_scale_factor, width // self.vae_scale_factor)
+        ).to(device=device, dtype=dtype)
+        return mask.repeat(num_images // mask.shape[0], 1, 1, 1)
+
+    def restore_known(
+        self,
+        latents: torch.Tensor,
+        *,
+        image_latents: torch.Tensor,
+        noise: torch.Tensor,
+        mask: torch.Tensor,
+        timesteps: torch.Tensor,
+        step: int,
+    ) -> torch.Tensor:
+        """After step ``step``: outside the mask, the image's latents noised to the next step
+        (clean after the last one), as diffusers' inpainting with a 4-channel UNet does."""
+        known = image_latents
+        if step < len(timesteps) - 1:
+            known = self.scheduler.add_noise(
+                image_latents, noise, torch.tensor([timesteps[step + 1]])
+            )
+        return (1 - mask) * known + mask * latents
+
+    def decode_inpainted(self, latents: torch.Tensor, output_type: str, generator=None):
+        """Decode to images of ``output_type`` (``pil``, ``np`` or ``pt``)."""
+        if output_type == "latent":
+            raise ValueError("`output_type` must be 'pil', 'np' or 'pt' for inpainting")
+        with self.vae_in_float32():
+            latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+            decoded = self.vae.decode(latents, return_dict=False, generator=generator)[0]
+        return self.image_processor.postprocess(decoded, output_type=output_type)

@@ -1,0 +1,357 @@
+# Copyright 2026 The Portrait Studio authors and The HuggingFace Team. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Stable Diffusion XL inpainting with the identity adapter and InstantID's IdentityNet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.image_processor import PipelineImageInput
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOutput
+from diffusers.utils import logging, replace_example_docstring
+
+from pipelines.conditioning import ConditionImageInput
+from pipelines.inpainting import InpaintingMixin
+from pipelines.portrait_xl import PortraitXLPipeline
+
+logger = logging.get_logger(__name__)
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> from pipelines import PortraitXLInpaintPipeline
+
+        >>> # `pipe`: a loaded PortraitXLPipeline with InstantID (adapter and IdentityNet)
+        >>> inpaint = PortraitXLInpaintPipeline.from_pipe(pipe)  # shares every weight
+        >>> # face: the target's face crop; mask: white where the face is repainted;
+        >>> # keypoints: the target's five keypoints drawn at the crop's size (draw_keypoints)
+        >>> image = inpaint(
+        ...     "a photo of a person",
+        ...     image=face,
+        ...     mask_image=mask,
+        ...     strength=0.8,
+        ...     identity_embeds=identity_embeds,
+        ...     keypoint_image=keypoints,
+        ... ).images[0]
+        ```
+"""
+
+
+class PortraitXLInpaintPipeline(InpaintingMixin, PortraitXLPipeline):
+    r"""
+    Repaints the masked part of an image with a person's identity on SDXL, keeping the rest.
+
+    The [`PortraitXLPipeline`] (identity adapter tokens; InstantID's IdentityNet on
+    `keypoint_image`; other ControlNets on `control_image`) on an ordinary 4-channel UNet,
+    inpainting as [`~pipelines.inpainting.InpaintingMixin`] describes. Made with `from_pipe`
+    from a loaded [`PortraitXLPipeline`], it shares all weights. Latents outside the mask keep
+    the image; the decoded pixels there are the VAE's reconstruction, so callers that need the
+    original pixels blend them back with the mask.
+    """
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        prompt_2: str | list[str] | None = None,
+        image: PipelineImageInput | None = None,
+        mask_image: PipelineImageInput | None = None,
+        strength: float = 0.8,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        negative_prompt: str | list[str] | None = None,
+        negative_prompt_2: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        identity_embeds: torch.Tensor | None = None,
+        identity_scale: float | dict | None = None,
+        keypoint_image: ConditionImageInput | None = None,
+        control_image: ConditionImageInput | list[ConditionImageInput] | None = None,
+        identitynet_conditioning_scale: float | None = None,
+        controlnet_conditioning_scale: float | list[float] | None = None,
+        control_guidance_start: float | list[float] | None = None,
+        control_guidance_end: float | list[float] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        clip_skip: int | None = None,
+        **kwargs: Any,
+    ) -> StableDiffusionXLPipelineOutput | tuple:
+        r"""
+        Repaint `image` where `mask_image` is white.
+
+        Args:
+            prompt (`str` or `list[str]`, *optional*):
+                The prompt or prompts.
+            prompt_2 (`str` or `list[str]`, *optional*):
+                The prompt for the second text encoder; `prompt` when not given.
+            image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`):
+                The image to repaint.
+            mask_image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`):
+                White (1) where the image is repainted, black (0) where it is kept; binarised.
+            strength (`float`, *optional*, defaults to 0.8):
+                The fraction of the steps that run, in (0, 1] (1 starts from pure noise).
+            height (`int`, *optional*):
+                Output height; defaults to the image's.
+            width (`int`, *optional*):
+                Output width; defaults to the image's.
+            num_inference_steps (`int`, *optional*, defaults to 50):
+                Denoising steps at `strength` 1.
+            guidance_scale (`float`, *optional*, defaults to 5.0):
+                Classifier-free guidance scale.
+            negative_prompt (`str` or `list[str]`, *optional*):
+                What to steer away from.
+            negative_prompt_2 (`str` or `list[str]`, *optional*):
+                The negative prompt for the second text encoder.
+            num_images_per_prompt (`int`, *optional*, defaults to 1):
+                Images per prompt.
+            eta (`float`, *optional*, defaults to 0.0):
+                DDIM's eta; ignored by other schedulers.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                Generator(s) to make the noise deterministic.
+            identity_embeds (`torch.Tensor`, *optional*):
+                The person's embeddings, as [`PortraitXLPipeline`] takes them.
+            identity_scale (`float` or `dict`, *optional*):
+                The identity adapter's scale for this call only.
+            keypoint_image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`, *optional*):
+                The IdentityNet's condition: the target face's keypoints at the output size.
+            control_image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list, *optional*):
+                The other ControlNets' condition.
+            identitynet_conditioning_scale (`float`, *optional*):
+                Factor on the IdentityNet's residuals.
+            controlnet_conditioning_scale (`float` or `list[float]`, *optional*):
+                Factor on the ControlNets' residuals.
+            control_guidance_start (`float` or `list[float]`, *optional*):
+                Fraction of the steps at which each condition net starts.
+            control_guidance_end (`float` or `list[float]`, *optional*):
+                Fraction of the steps at which each condition net stops.
+            output_type (`str`, *optional*, defaults to `"pil"`):
+                `"pil"`, `"np"` or `"pt"`.
+            return_dict (`bool`, *optional*, defaults to `True`):
+                Whether to return a [`StableDiffusionXLPipelineOutput`] instead of a tuple.
+            cross_attention_kwargs (`dict`, *optional*):
+                Passed to the UNet's attention processors; the identity is added under
+                `"portrait"`.
+            clip_skip (`int`, *optional*):
+                Number of CLIP layers to skip for the prompt embeddings.
+            kwargs:
+                Names of other pipelines' arguments raise a `TypeError` naming this one's.
+
+        Examples:
+
+        Returns:
+            [`~diffusers.pipelines.stable_diffusion_xl.StableDiffusionXLPipelineOutput`] or
+            `tuple`: the images.
+        """
+        self.check_reference_arguments(kwargs)
+        self.check_inpaint_inputs(image, mask_image, strength)
+
+        # 0. Output size (by default the image's) and the conditions at that size
+        height, width = self.default_height_width(height, width, [image])
+        height = height // self.vae_scale_factor * self.vae_scale_factor
+        width = width // self.vae_scale_factor * self.vae_scale_factor
+        keypoint_images = self.keypoint_image_tensor(keypoint_image, height=height, width=width)
+        control_images = self.control_image_tensors(control_image, height=height, width=width)
+
+        # 1. Check inputs
+        self.check_inputs(
+            prompt,
+            prompt_2,
+            height,
+            width,
+            None,
+            negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2,
+            identity_embeds=identity_embeds,
+            identity_scale=identity_scale,
+            num_images_per_prompt=num_images_per_prompt,
+            keypoint_images=keypoint_images,
+            control_images=control_images,
+            identitynet_conditioning_scale=identitynet_conditioning_scale,
+            controlnet_conditioning_scale=controlnet_conditioning_scale,
+            control_guidance_start=control_guidance_start,
+            control_guidance_end=control_guidance_end,
+        )
+        self._guidance_scale = guidance_scale
+        self._guidance_rescale = 0.0
+        self._clip_skip = clip_skip
+        self._cross_attention_kwargs = cross_attention_kwargs
+        self._denoising_end = None
+        self._interrupt = False
+
+        # 2. Define call parameters
+        batch_size = self.prompt_batch_size(prompt, None)
+        num_images = batch_size * num_images_per_prompt
+        device = self._execution_device
+
+        # 3. Encode input prompt
+        (
+            prompt_embeds,
+            negative_prompt_embeds,
+            pooled_prompt_embeds,
+            negative_pooled_prompt_embeds,
+        ) = self.encode_prompt(
+            prompt=prompt,
+            prompt_2=prompt_2,
+            device=device,
+            num_images_per_prompt=num_images_per_prompt,
+            do_classifier_free_guidance=self.do_classifier_free_guidance,
+            negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2,
+            lora_scale=(cross_attention_kwargs or {}).get("scale"),
+            clip_skip=self.clip_skip,
+        )
+
+        # 4. Encode the identity: its tokens reach the adapter's processors and the IdentityNet
+        identity_tokens = None
+        if identity_embeds is not None:
+            identity_tokens = self.encode_identity_tokens(
+                identity_embeds,
+                None,
+                device=device,
+                num_images=num_images,
+                do_classifier_free_guidance=self.do_classifier_free_guidance,
+            )
+
+        # 5. Prepare the keypoint and control images: the IdentityNet first, then the ControlNets
+        conditions = []
+        if keypoint_images is not None:
+            conditions.append((self.identitynet, [keypoint_images], identitynet_conditioning_scale))
+        if control_images is not None:
+            conditions.append((self.controlnet, control_images, controlnet_conditioning_scale))
+        condition_nets = self.condition_nets(
+            conditions,
+            control_guidance_start=control_guidance_start,
+            control_guidance_end=control_guidance_end,
+            batch_size=batch_size,
+            num_images_per_prompt=num_images_per_prompt,
+            device=device,
+            do_classifier_free_guidance=self.do_classifier_free_guidance,
+        )
+
+        # 6. Timesteps: the last `strength` of the schedule
+        timesteps, num_inference_steps = retrieve_timesteps(
+            self.scheduler, num_inference_steps, device
+        )
+        timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength, device)
+        latent_timestep = timesteps[:1].repeat(num_images)
+
+        # 7. The starting latents, the image's own and the mask at latent size
+        latents, noise, image_latents = self.prepare_image_latents(
+            image,
+            height=height,
+            width=width,
+            num_images=num_images,
+            timestep=latent_timestep,
+            strength=strength,
+            generator=generator,
+            device=device,
+            dtype=prompt_embeds.dtype,
+        )
+        mask = self.prepare_inpaint_mask(
+            mask_image,
+            height=height,
+            width=width,
+            num_images=num_images,
+            device=device,
+            dtype=prompt_embeds.dtype,
+        )
+
+        # 8. Added time ids and embeddings
+        if self.text_encoder_2 is None:
+            projection_dim = int(pooled_prompt_embeds.shape[-1])
+        else:
+            projection_dim = self.text_encoder_2.config.projection_dim
+        add_time_ids = self._get_add_time_ids(
+            (height, width),
+            (0, 0),
+            (height, width),
+            dtype=prompt_embeds.dtype,
+            text_encoder_projection_dim=projection_dim,
+        )
+        add_text_embeds = pooled_prompt_embeds
+        if self.do_classifier_free_guidance:
+            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds], dim=0)
+            add_text_embeds = torch.cat([negative_pooled_prompt_embeds, add_text_embeds], dim=0)
+            add_time_ids = torch.cat([add_time_ids, add_time_ids], dim=0)
+        prompt_embeds = prompt_embeds.to(device)
+        added_cond_kwargs = {
+            "text_embeds": add_text_embeds.to(device),
+            "time_ids": add_time_ids.to(device).repeat(num_images, 1),
+        }
+
+        # 9. Denoising loop, the image's latents restored outside the mask after every step
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        self._num_timesteps = len(timesteps)
+        self._cross_attention_kwargs = self.attention_call_kwargs(
+            cross_attention_kwargs, identity_tokens=identity_tokens, identity_scale=identity_scale
+        )
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                latent_model_input = (
+                    torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
+                )
+                latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+                down_block_res_samples, mid_block_res_sample = self.condition_residuals(
+                    condition_nets,
+                    latent_model_input,
+                    latents,
+                    t,
+                    step=i,
+                    num_steps=len(timesteps),
+                    prompt_embeds=prompt_embeds,
+                    identity_tokens=identity_tokens,
+                    added_cond_kwargs=added_cond_kwargs,
+                    guess_mode=False,
+                )
+                noise_pred = self.unet(
+                    latent_model_input,
+                    t,
+                    encoder_hidden_states=prompt_embeds,
+                    cross_attention_kwargs=self.cross_attention_kwargs,
+                    down_block_additional_residuals=down_block_res_samples,
+                    mid_block_additional_residual=mid_block_res_sample,
+                    added_cond_kwargs=added_cond_kwargs,
+                    return_dict=False,
+                )[0]
+                if self.do_classifier_free_guidance:
+                    noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+                    noise_pred = noise_pred_uncond + guidance_scale * (
+                        noise_pred_text - noise_pred_uncond
+                    )
+                latents = self.scheduler.step(
+                    noise_pred, t, latents, **extra_step_kwargs, return_dict=False
+                )[0]
+                latents = self.restore_known(
+                    latents,
+                    image_latents=image_latents,
+                    noise=noise,
+                    mask=mask,
+                    timesteps=timesteps,
+                    step=i,
+                )
+                progress_bar.update()
+
+        # 10. Decode
+        images = self.decode_inpainted(latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return StableDiffusionXLPipelineOutput(images=images)
