@@ -495,7 +495,8 @@ class Studio:
             face_parser=self.face_parser,
             generator=torch.Generator("cpu").manual_seed(seed),
         )
-        return run_stages(stages, given, resources, total=request.num_images)
+        with self._faces_lock:  # the analyzer and parser are shared with other threads
+            return run_stages(stages, given, resources, total=request.num_images)
 
     @property
     def portraits_dir(self) -> Path:

@@ -58,7 +58,8 @@ class StageInput:
 
 @dataclass(frozen=True, eq=False)
 class StageResources:
-    """What a stage may use; handed out only while the studio holds the GPU lock."""
+    """What a stage may use; handed out only while the studio holds the GPU lock and the lock
+    of its face models (the analyzer and parser are shared with the UI's other threads)."""
 
     host: PipelineHost
     analyzer: FaceAnalyzer
