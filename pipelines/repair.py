@@ -133,8 +133,10 @@ class AttributeRepairMixin:
     def from_pipe(cls, pipeline, **kwargs):
         """diffusers' ``from_pipe``, with the identity and W+ components carried over (diffusers
         drops components whose type is a subclass of the annotated one)."""
+        expected, _ = cls._get_signature_keys(cls)
         for name in ADAPTER_COMPONENTS:
-            kwargs.setdefault(name, getattr(pipeline, name, None))
+            if name in expected:
+                kwargs.setdefault(name, getattr(pipeline, name, None))
         return super().from_pipe(pipeline, **kwargs)
 
     @torch.no_grad()
@@ -505,7 +507,8 @@ def attention_mask(attention: torch.Tensor, height: int, width: int) -> np.ndarr
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """The threshold in ``[0, 1]`` maximising the between-class variance of ``values``."""
+    """The threshold in ``[0, 1]`` maximising the between-class variance of ``values`` (the
+    upper edge of the low class's last bin: values above it form the high class)."""
     histogram, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
     centres = (edges[:-1] + edges[1:]) / 2
     weight_low = np.cumsum(histogram)
@@ -514,7 +517,7 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     mean_low = sum_low / np.maximum(weight_low, 1)
     mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
     between = weight_low * weight_high * (mean_low - mean_high) ** 2
-    return float(centres[int(np.argmax(between))])
+    return float(edges[1:][int(np.argmax(between))])
 
 
 class PortraitRepairPipeline(AttributeRepairMixin, PortraitPipeline):
