@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from studio.errors import StudioError
+from studio.face_parsers import face_parser_for
 from studio.faces.analyzer import FaceAnalyzer, analyzer_from_settings
 from studio.faces.condition import pose_condition
 from studio.faces.encoders import IdentityEmbedding, mean_embedding
@@ -100,8 +101,7 @@ class Studio:
         self.settings = settings
         self.model_set = select_model_set(models)
         self.host = PipelineHost(settings)
-        self.face_parser: FaceParser | None = None
-        """The slot a face-parsing model fills for the stages; none is installed yet."""
+        self._face_parser: FaceParser | None = None
         self.styles: dict[str, StylePreset] = load_styles(user_dir=user_styles_dir(settings))
         self._stages: dict[str, Stage] = {}
         self._analyzers: dict[tuple[str, ...], FaceAnalyzer] = {}
@@ -119,10 +119,19 @@ class Studio:
             if model_set.name != self.model_set.name:
                 self.host.unload()
                 self.model_set = model_set
+                self._face_parser = None
 
     def pipeline(self):
         """The model set's identity pipeline, loaded on first use."""
         return self.host.pipeline(self.model_set)
+
+    @property
+    def face_parser(self) -> FaceParser:
+        """The stages' face parser (BiSeNet when its file is local, else the mesh), made once."""
+        with self._faces_lock:
+            if self._face_parser is None:
+                self._face_parser = face_parser_for(self.settings, self.model_set)
+            return self._face_parser
 
     # Faces and profiles
 

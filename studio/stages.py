@@ -24,6 +24,7 @@ from PIL import Image
 
 from studio.errors import StudioError
 from studio.faces.analyzer import FaceAnalyzer
+from studio.faces.parsing import FaceParsing
 from studio.faces.types import Face
 
 if TYPE_CHECKING:
@@ -34,10 +35,10 @@ logger = logging.getLogger(__name__)
 
 
 class FaceParser(Protocol):
-    """Segments one face into named region masks (skin, hair, eyes, ...); the studio's
-    ``face_parser`` slot, ``None`` until a parsing model is installed."""
+    """Parses one face of an RGB image into the 19 BiSeNet classes (:mod:`studio.faces.parsing`);
+    the studio's ``face_parser``: BiSeNet when its file is present, else the mesh parser."""
 
-    def parse(self, image: np.ndarray, face: Face) -> Mapping[str, np.ndarray]: ...
+    def parse(self, image: np.ndarray, face: Face) -> FaceParsing: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +62,7 @@ class StageResources:
 
     host: PipelineHost
     analyzer: FaceAnalyzer
-    face_parser: FaceParser | None
+    face_parser: FaceParser
     generator: torch.Generator
     """Seeded with the image's seed, so a stage's randomness repeats with it."""
 

@@ -92,6 +92,8 @@ def test_entry_points_import_in_any_order(modules):
 def test_face_perception_and_user_errors_do_not_import_torch():
     code = (
         "import sys, studio.errors, studio.faces.analyzer, studio.faces.onnx_session; "
+        "import studio.faces.mesh_parser, studio.faces.masks, studio.faces.keywords; "
+        "import studio.faces.bisenet_onnx, studio.faces.segment; "
         "sys.exit('torch' in sys.modules)"
     )
     done = subprocess.run(

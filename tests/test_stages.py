@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from studio.cli import main
 from studio.errors import StudioError
+from studio.faces.mesh_parser import MeshFaceParser
 from studio.orchestrator import PortraitRequest, Studio
 from studio.settings import load_settings
 from studio.stages import (
@@ -117,7 +118,7 @@ def test_a_stage_edits_every_image_under_the_lock_and_its_notes_and_masks_are_sa
         assert set(given.identity.encodings) == {"sface", result.scorer}
         assert given.faces == ()  # tiny-model noise has no face
         assert resources.analyzer.encoders.keys() >= {result.scorer}
-        assert resources.face_parser is None
+        assert isinstance(resources.face_parser, MeshFaceParser)  # no BiSeNet file here
         assert resources.generator.initial_seed() == 5 + index
     for portrait in result.portraits:
         pixels = np.asarray(Image.open(portrait.path))

@@ -1,1 +1,2 @@
-"""Face perception: detection, alignment, landmarks, identity encoders, photo quality."""
+"""Face perception: detection, alignment, landmarks, identity encoders, photo quality, face
+parsing and masks."""
