@@ -40,6 +40,8 @@ class PortraitRequest:
     use_lora: bool = True
     stages: tuple[str, ...] = ()
     """Registered stages (:mod:`studio.stages`) to run on every image, in this order."""
+    repair: str = "off"
+    """Attribute repair (:mod:`studio.repair`): ``off``, ``auto`` or names (``hair,glasses``)."""
 
     def validate(self) -> None:
         """Raise a :class:`StudioError` naming the first unusable field and its range."""
@@ -55,6 +57,9 @@ class PortraitRequest:
             check_range("guidance", self.guidance, 0, MAX_GUIDANCE)
         if self.identity_scale is not None:
             check_range("identity strength", self.identity_scale, 0, MAX_IDENTITY_SCALE)
+        from studio.repair import parse_repair
+
+        parse_repair(self.repair)
 
 
 @dataclass(frozen=True, eq=False)

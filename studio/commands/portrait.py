@@ -30,6 +30,12 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stage", action="append", default=[], help="a stage to run on each image (repeatable)"
     )
+    p.add_argument(
+        "--repair",
+        default="off",
+        help="attribute repair: auto (check the prompt's attributes, repair the missing), "
+        "a list such as hair,glasses (repair these), or off (default)",
+    )
     p.add_argument("--models", default="tiny", help="model set (default: tiny)")
     p.add_argument("--out", type=Path, help="output folder (default: the history folder)")
     speed_options(p)
@@ -58,6 +64,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         identity_scale=args.identity_scale,
         use_lora=not args.no_lora,
         stages=tuple(args.stage),
+        repair=args.repair,
     )
     result = studio.generate(request, out_dir=args.out)
     for note in result.notes:
@@ -70,4 +77,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if not score.faces:
             verdict = "no face found"
         print(f"{score.similarity:6.3f}  seed {portrait.seed:<6} {verdict:15} {portrait.path}")
+        if portrait.repair is not None:
+            for line in portrait.repair.lines():
+                print(f"        repair {line}")
+            print(f"        foundation image (identity off): {portrait.foundation}")
     return 0
