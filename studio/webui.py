@@ -231,9 +231,11 @@ def generate(
     num_images: float,
     seed: float | None,
     steps: float,
+    repair: str = "off",
     progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's convention)
 ) -> Generated:
-    """Portraits of a profile in a style and/or from a prompt, scored and saved."""
+    """Portraits of a profile in a style and/or from a prompt, scored and saved (``repair``:
+    :mod:`studio.repair`'s choice)."""
     if seed is None:
         raise gr.Error(f"enter a seed from 0 to {MAX_SEED}")
     if not 1 <= num_images <= MAX_IMAGES:
@@ -247,6 +249,7 @@ def generate(
         seed=int(seed),
         steps=int(steps),
         identity_scale=float(identity_scale),
+        repair=repair,
     )
     with user_errors(*filter(None, [pose])):
         result = studio.generate(request)
