@@ -122,11 +122,13 @@ class FasaSession:
             each denoiser batch.
         steps: the step indices FASA records and acts on.
         weight: ``w`` on the logits of masked foundation keys.
+        layers: the self-attention layers (``attn_processors`` names) it records and acts on.
     """
 
-    def __init__(self, *, num_images: int, steps: range, weight: float):
+    def __init__(self, *, num_images: int, steps: range, weight: float, layers: Sequence[str]):
         self.num_images = num_images
         self.steps = steps
+        self.layers = frozenset(layers)
         self.weight = float(weight)
         self.step = 0
         self.recording = True
@@ -175,7 +177,10 @@ class FasaInput(ContributionInput):
 
 
 class FoundationAwareSelfAttention(Contribution):
-    """FASA on one self-attention layer (``layer_name``: its key in the session's records)."""
+    """FASA on one self-attention layer (``layer_name``: its key in the session's records).
+
+    Put on every self-attention layer once; it acts only in calls carrying a session, on the
+    session's layers and steps (elsewhere the layer is exactly as without it)."""
 
     def __init__(self, layer_name: str):
         super().__init__(FASA, stages=[Stage.SELF_ATTENTION])
@@ -184,6 +189,8 @@ class FoundationAwareSelfAttention(Contribution):
     def is_active(self, inputs: ContributionInput | None, scale: float) -> bool:
         session = getattr(inputs, "session", None)
         if session is None or scale == 0 or not session.acting:
+            return False
+        if self.layer_name not in session.layers:
             return False
         return session.recording or bool(session.masks.any())
 

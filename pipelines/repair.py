@@ -157,6 +157,7 @@ class AttributeRepairMixin:
         latents: torch.Tensor | None = None,
         cross_attention_kwargs: dict[str, Any] | None = None,
         output_type: str = "pil",
+        compare: bool = True,
         **kwargs: Any,
     ) -> RepairPipelineOutput:
         """Generate, find the attributes the identity lost, and repair them.
@@ -173,6 +174,10 @@ class AttributeRepairMixin:
                 class word); ``prompt`` by default.
             fasa: layers, steps and weight of FASA; the published defaults by default.
             output_type: ``"pil"`` or ``"np"``.
+            compare: run the personalized branch in pass 1, for the mask function to compare
+                (and for ``personalized_images``); ``False`` when the attributes to repair are
+                known: pass 1 is then the foundation alone (``personalized_images`` is ``None``
+                and the mask function gets ``None`` for them).
             kwargs: the portrait pipeline's other arguments (identity, ControlNet, guidance
                 ...), used by both passes.
         """
@@ -205,63 +210,58 @@ class AttributeRepairMixin:
                 shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype
             )
 
-        # 3. FASA and the attention-map recorder on the UNet for this call
+        # 3. FASA and the attention-map recorder, on the UNet from the first repair on
         layers = fasa.layers or default_fasa_layers(self.unet)
         self._check_fasa_layers(layers)
+        self._stack_repair_contributions()
         weight = default_fasa_weight(self.unet) if fasa.weight is None else fasa.weight
         session = FasaSession(
-            num_images=n, steps=fasa.step_range(num_inference_steps), weight=weight
+            num_images=n, steps=fasa.step_range(num_inference_steps), weight=weight, layers=layers
         )
-        self.add_attention_contribution(
-            {name: FoundationAwareSelfAttention(name) for name in layers}
+
+        # 4. Pass 1: personalized (when compared) and foundation images, the foundation recorded
+        token_indices = {
+            name: self._token_indices(foundation_prompt, words)
+            for name, words in attributes.items()
+        }
+        mode = "separate" if self._foundation_needs_own_call(kwargs) or not compare else "batched"
+        run = _Passes(self, session, base, cross_attention_kwargs, latents, n)
+        record = {"tokens": None, "indices": token_indices}
+        personalized = None
+        if mode == "batched":
+            record["tokens"] = self._foundation_embeds(foundation_prompt, n)
+            personalized, foundation = run.batched(
+                prompt, foundation_prompt, negative_prompt, record
+            )
+        else:
+            personalized, foundation = run.separate(
+                prompt if compare else None, foundation_prompt, negative_prompt, record
+            )
+
+        # 5. Masks: the caller's, else the foundation's attention maps
+        given = self._given_masks(mask_function, personalized, foundation, names, n)
+        maps = session.maps.averaged(
+            height // self.vae_scale_factor, width // self.vae_scale_factor
         )
-        self.add_attention_contribution(AttentionMaps(), layers=lambda a: a.is_cross_attention)
-        try:
-            # 4. Pass 1: personalized and foundation images, the foundation recorded
-            token_indices = {
-                name: self._token_indices(foundation_prompt, words)
-                for name, words in attributes.items()
-            }
-            mode = "separate" if self._foundation_needs_own_call(kwargs) else "batched"
-            run = _Pass1(self, session, base, cross_attention_kwargs, latents, n)
-            record = {"tokens": None, "indices": token_indices}
-            if mode == "batched":
-                record["tokens"] = self._foundation_embeds(foundation_prompt, n)
-                images = run.batched(prompt, foundation_prompt, negative_prompt, record)
-            else:
-                images = run.separate(prompt, foundation_prompt, negative_prompt, record)
-            personalized, foundation = images[:n], images[n:]
+        masks, sources = _resolve_masks(given, maps, names, height, width)
 
-            # 5. Masks: the caller's, else the foundation's attention maps
-            given = self._given_masks(mask_function, personalized, foundation, names, n)
-            maps = session.maps.averaged(
-                height // self.vae_scale_factor, width // self.vae_scale_factor
+        # 6. Pass 2: personalized rows only, FASA on the masks
+        empty = [np.zeros((height, width), dtype=bool)]
+        union = np.stack([np.logical_or.reduce([*image.values()] or empty) for image in masks])
+        start = None
+        repaired = personalized
+        if union.any() or personalized is None:  # empty masks: a plain personalized run
+            session.apply(
+                torch.from_numpy(union[:, None]).to(self._execution_device, self.unet.dtype)
             )
-            masks, sources = _resolve_masks(given, maps, names, height, width)
-
-            # 6. Pass 2: personalized rows only, FASA on the masks
-            union = np.stack(
-                [
-                    np.logical_or.reduce([m for m in image.values()] or [np.zeros((height, width))])
-                    for image in masks
-                ]
-            )
-            start = None
-            repaired = personalized
-            if union.any():
-                session.apply(
-                    torch.from_numpy(union[:, None]).to(self._execution_device, self.unet.dtype)
-                )
-                repaired, start = run.repair(prompt, negative_prompt)
-        finally:
-            self.remove_attention_contribution(FASA)
-            self.remove_attention_contribution(ATTENTION_MAPS)
+            repaired, start = run.repair(prompt, negative_prompt)
+            start = start if union.any() else None
 
         # 7. Outputs
         convert = self.image_processor.numpy_to_pil if output_type == "pil" else (lambda x: x)
         return RepairPipelineOutput(
             images=convert(repaired),
-            personalized_images=convert(personalized),
+            personalized_images=None if personalized is None else convert(personalized),
             foundation_images=convert(foundation),
             masks=masks,
             mask_sources=sources,
@@ -286,6 +286,15 @@ class AttributeRepairMixin:
         for name, why in REFUSED_ARGUMENTS.items():
             if name in kwargs:
                 raise TypeError(f"`{name}` cannot be given to a repair: {why}")
+
+    def _stack_repair_contributions(self) -> None:
+        """FASA on every self-attention layer and the map recorder on every cross-attention
+        layer, once: both are inert in calls without a repair session."""
+        if FASA in self.attention_contributions():
+            return
+        layers = [layer.name for layer in self_attention_layers(self.unet)]
+        self.add_attention_contribution({n: FoundationAwareSelfAttention(n) for n in layers})
+        self.add_attention_contribution(AttentionMaps(), layers=lambda a: a.is_cross_attention)
 
     def _check_fasa_layers(self, layers: Sequence[str]) -> None:
         known = {layer.name for layer in self_attention_layers(self.unet)}
@@ -325,7 +334,8 @@ class AttributeRepairMixin:
         if mask_function is None:
             return [dict.fromkeys(names) for _ in range(n)]
         pil = self.image_processor.numpy_to_pil
-        given = list(mask_function(pil(personalized), pil(foundation), names))
+        mine = None if personalized is None else pil(personalized)
+        given = list(mask_function(mine, pil(foundation), names))
         if len(given) != n or not all(isinstance(g, Mapping) for g in given):
             raise ValueError(
                 f"the mask function must return one mapping per image ({n}), got {given!r:.80}"
@@ -340,8 +350,8 @@ class AttributeRepairMixin:
         return given
 
 
-class _Pass1:
-    """The two passes' runs of one repair call, sharing its session and inputs."""
+class _Passes:
+    """The runs of one repair call, sharing its session and inputs."""
 
     def __init__(self, pipe, session, base, cross_attention_kwargs, latents, n):
         self.pipe = pipe
@@ -400,20 +410,23 @@ class _Pass1:
             cross_attention_kwargs=self._recording_state(record["tokens"], record["indices"]),
             **call,
         )
-        return images
+        return images[:n], images[n:]
 
     def separate(self, prompt, foundation_prompt, negative_prompt, record):
+        """The personalized call (unless ``prompt`` is ``None``), then the foundation's, with
+        the LoRA disabled."""
         pipe, n = self.pipe, self.n
-        self.session.recording = True
-        personalized = self._call(
-            keep=slice(0, n),
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            num_images_per_prompt=n,
-            latents=self.latents,
-            cross_attention_kwargs=self.kwargs or None,
-            **self.base,
-        )
+        personalized = None
+        if prompt is not None:
+            personalized = self._call(
+                keep=slice(0, n),
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                num_images_per_prompt=n,
+                latents=self.latents,
+                cross_attention_kwargs=self.kwargs or None,
+                **self.base,
+            )
         foundation_call = {k: v for k, v in self.base.items() if k not in IDENTITY_ARGUMENTS}
         loras = bool(getattr(pipe, "get_active_adapters", lambda: [])())
         if loras:
@@ -431,7 +444,7 @@ class _Pass1:
         finally:
             if loras:
                 pipe.enable_lora()
-        return np.concatenate([personalized, foundation])
+        return personalized, foundation
 
     def repair(self, prompt, negative_prompt) -> tuple[np.ndarray, int]:
         """Pass 2; returns its images and the step it started at."""

@@ -140,7 +140,7 @@ class RepairedImage:
     the masks it repaired with and the report."""
 
     image: Image.Image
-    personalized: Image.Image
+    personalized: Image.Image | None  #: ``None`` when attributes were named (not compared)
     foundation: Image.Image
     masks: dict[str, Image.Image]
     report: RepairReport
@@ -163,10 +163,13 @@ class AttributeChecker:
         self.checks: list[dict[str, AttributeCheck]] = []
 
     def __call__(self, personalized, foundation, names) -> list[dict[str, np.ndarray | None]]:
+        """Per image, the attributes to repair and their masks; ``personalized`` is ``None``
+        when only forced attributes are repaired (nothing to compare)."""
         self.checks = []
         masks = []
-        for mine, theirs in zip(personalized, foundation, strict=True):
-            checks, chosen = self._image(np.asarray(mine), np.asarray(theirs), names)
+        for index, theirs in enumerate(foundation):
+            mine = None if personalized is None else np.asarray(personalized[index])
+            checks, chosen = self._image(mine, np.asarray(theirs), names)
             self.checks.append(checks)
             masks.append(chosen)
         return masks
@@ -177,13 +180,15 @@ class AttributeChecker:
 
     def _image(self, mine: np.ndarray, theirs: np.ndarray, names):
         found_parsing = self._parse(theirs)
-        mine_parsing = self._parse(mine) if found_parsing is not None else None
+        mine_parsing = None
+        if found_parsing is not None and mine is not None:
+            mine_parsing = self._parse(mine)
         checks, chosen = {}, {}
         for name in names:
             check, mask = self._attribute(name, mine, theirs, mine_parsing, found_parsing)
             if name in self.forced and check.status != REPAIRED:
                 mask = mask if check.status == FOUND else None
-                check = replace(check, status=REPAIRED, detail=f"asked for; {check.detail}")
+                check = replace(check, status=REPAIRED, detail=f"asked for ({check.detail})")
             checks[name] = check
             if check.status == REPAIRED:
                 chosen[name] = mask
@@ -192,14 +197,16 @@ class AttributeChecker:
     def _attribute(self, name, mine, theirs, mine_parsing, found_parsing):
         if found_parsing is None:
             return AttributeCheck(name, UNCHECKED, "no face found in the foundation image"), None
-        if mine_parsing is None:
-            return AttributeCheck(name, UNCHECKED, "no face found in the portrait"), None
         theirs_mask = attribute_mask(found_parsing, name)
         if theirs_mask is None:
             detail = f"the {found_parsing.parser} parser cannot tell {name}"
             return AttributeCheck(name, UNCHECKED, detail), None
         if theirs_mask.mean() < MIN_AREA:
             return AttributeCheck(name, UNCHECKED, "the foundation image does not show it"), None
+        if mine is None:
+            return AttributeCheck(name, FOUND, "not compared"), theirs_mask
+        if mine_parsing is None:
+            return AttributeCheck(name, UNCHECKED, "no face found in the portrait"), None
         mine_mask = attribute_mask(mine_parsing, name)
         area = mine_mask.sum() / theirs_mask.sum()
         overlap = (mine_mask & theirs_mask).sum() / theirs_mask.sum()
@@ -225,7 +232,8 @@ def generate_repaired(
     parser,
 ) -> list[RepairedImage]:
     """Run the derived repair pipeline on the studio's generation ``call`` (one prompt per
-    seed); one :class:`RepairedImage` per seed."""
+    seed); one :class:`RepairedImage` per seed. With ``forced`` (attributes the user named)
+    pass 1 makes the foundation images alone: nothing is compared."""
     repair_pipe = host.derived("repair")
     checker = AttributeChecker(faces, parser, forced)
     prompts = call.pop("prompt")
@@ -240,6 +248,7 @@ def generate_repaired(
         num_images_per_prompt=len(prompts),
         attributes=words,
         mask_function=checker,
+        compare=not forced,
         **call,
     )
     results = []
@@ -269,7 +278,11 @@ def generate_repaired(
         }
         results.append(
             RepairedImage(
-                image, out.personalized_images[index], out.foundation_images[index], masks, report
+                image,
+                out.personalized_images[index] if out.personalized_images else None,
+                out.foundation_images[index],
+                masks,
+                report,
             )
         )
     return results

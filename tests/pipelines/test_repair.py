@@ -117,31 +117,30 @@ def unet_call(pipe, session, *, batch: int, rows=None, identity_scale=None, seed
 
 @pytest.fixture
 def fasa_on(sd15_faceid):
-    layers = [layer.name for layer in self_attention_layers(sd15_faceid.unet)]
-    sd15_faceid.add_attention_contribution({n: FoundationAwareSelfAttention(n) for n in layers})
-    yield sd15_faceid, layers
-    sd15_faceid.remove_attention_contribution(FASA)
+    """The FaceID pipeline with FASA stacked (as the first repair leaves it)."""
+    derived(sd15_faceid)._stack_repair_contributions()
+    return sd15_faceid, [layer.name for layer in self_attention_layers(sd15_faceid.unet)]
 
 
-def recorded_session(pipe, mask: np.ndarray) -> FasaSession:
+def recorded_session(pipe, layers, mask: np.ndarray) -> FasaSession:
     """Pass 1 on one UNet call (batch: [personalized, foundation]), then switched to pass 2."""
-    session = FasaSession(num_images=1, steps=range(0, 1), weight=0.5)
+    session = FasaSession(num_images=1, steps=range(0, 1), weight=0.5, layers=layers)
     unet_call(pipe, session, batch=2, seed=1)
     session.apply(torch.from_numpy(mask)[None, None].float())
     return session
 
 
 def test_fasa_with_an_empty_mask_is_plain_attention_exactly(fasa_on):
-    pipe, _ = fasa_on
-    session = recorded_session(pipe, np.zeros((64, 64), dtype=bool))
+    pipe, layers = fasa_on
+    session = recorded_session(pipe, layers, np.zeros((64, 64), dtype=bool))
     with_fasa = unet_call(pipe, session, batch=1, rows=(True,), identity_scale=0.8)
     without = unet_call(pipe, None, batch=1, identity_scale=0.8)
     torch.testing.assert_close(with_fasa, without, rtol=0, atol=0)
 
 
 def test_fasa_changes_the_masked_rows_only(fasa_on):
-    pipe, _ = fasa_on
-    session = recorded_session(pipe, top_mask())
+    pipe, layers = fasa_on
+    session = recorded_session(pipe, layers, top_mask())
     both = unet_call(pipe, session, batch=2, rows=(False, True))
     without = unet_call(pipe, None, batch=2)
     torch.testing.assert_close(both[0], without[0], rtol=0, atol=1e-6)  # row off: untouched
@@ -149,8 +148,8 @@ def test_fasa_changes_the_masked_rows_only(fasa_on):
 
 
 def test_identity_still_runs_under_fasa(fasa_on):
-    pipe, _ = fasa_on
-    session = recorded_session(pipe, top_mask())
+    pipe, layers = fasa_on
+    session = recorded_session(pipe, layers, top_mask())
     strong = unet_call(pipe, session, batch=1, rows=(True,), identity_scale=1.0)
     weak = unet_call(pipe, session, batch=1, rows=(True,), identity_scale=0.2)
     no_fasa = unet_call(pipe, None, batch=1, identity_scale=1.0)
@@ -159,8 +158,8 @@ def test_identity_still_runs_under_fasa(fasa_on):
 
 
 def test_pass_2_needs_pass_1_records(fasa_on):
-    pipe, _ = fasa_on
-    session = FasaSession(num_images=1, steps=range(0, 1), weight=0.5)
+    pipe, layers = fasa_on
+    session = FasaSession(num_images=1, steps=range(0, 1), weight=0.5, layers=layers)
     session.apply(torch.ones(1, 1, 64, 64))
     with pytest.raises(ValueError, match="run pass 1 with the same steps and layers"):
         unet_call(pipe, session, batch=1, rows=(True,))
@@ -183,6 +182,7 @@ def test_published_layer_choice(sd15_faceid, sdxl_faceid):
 @pytest.mark.parametrize("name", ["sd15_faceid", "sdxl_faceid", "sdxl_instantid"])
 def test_repair_runs_both_branches_in_one_batch(name, request):
     pipe = request.getfixturevalue(name)
+    out_plain = plain(pipe)
     out = repair(derived(pipe), **identity(pipe))
     assert out.foundation_mode == "batched"
     assert out.pass2_start == 0
@@ -190,12 +190,14 @@ def test_repair_runs_both_branches_in_one_batch(name, request):
     np.testing.assert_allclose(
         out.personalized_images, plain(pipe, **identity(pipe)), atol=ROW_TOLERANCE
     )
-    np.testing.assert_allclose(out.foundation_images, plain(pipe), atol=ROW_TOLERANCE)
+    np.testing.assert_allclose(out.foundation_images, out_plain, atol=ROW_TOLERANCE)
     assert out.mask_sources == [{"hair": "given", "glasses": "attention"}]
     assert out.masks[0]["hair"].sum() == top_mask().sum()
     assert out.masks[0]["glasses"].shape == (64, 64)
     assert np.abs(out.images - out.personalized_images).max() > 1e-3
-    assert pipe.attention_contributions() == ["identity"]  # FASA is off the shared UNet again
+    # FASA stays stacked on the shared UNet, inert outside a repair
+    assert pipe.attention_contributions() == ["identity", "fasa", "fasa-maps"]
+    np.testing.assert_array_equal(plain(pipe), out_plain)
 
 
 def test_repair_changes_far_outside_the_mask_less(sd15_faceid):
@@ -282,7 +284,26 @@ def test_repair_input_errors(sd15_faceid):
         repair(pipe, mask_function=lambda p, f, names: [])
     with pytest.raises(ValueError, match="the images are 64x64"):
         repair(pipe, mask_function=lambda p, f, names: [{"hair": np.ones((8, 8))}])
-    assert pipe.attention_contributions() == ["identity"]
+
+
+def test_named_attributes_skip_the_comparison(sd15_faceid):
+    """``compare=False``: pass 1 is the foundation alone, pass 2 the personalized repair."""
+    pipe = derived(sd15_faceid)
+    seen = []
+
+    def masks(personalized, foundation, names):
+        seen.append(personalized)
+        return given_top(personalized, foundation, names)
+
+    out = repair(pipe, mask_function=masks, compare=False, **identity(sd15_faceid))
+    both = repair(pipe, **identity(sd15_faceid))
+    assert seen == [None] and out.personalized_images is None
+    assert out.foundation_mode == "separate"
+    np.testing.assert_allclose(out.foundation_images, both.foundation_images, atol=ROW_TOLERANCE)
+    np.testing.assert_allclose(out.images, both.images, atol=1e-4)
+    nothing = repair(pipe, mask_function=lambda p, f, names: [{}], compare=False)
+    assert nothing.pass2_start is None
+    np.testing.assert_allclose(nothing.images, plain(sd15_faceid), atol=ROW_TOLERANCE)
 
 
 def test_attention_mask_thresholds_by_otsu():
