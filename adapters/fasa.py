@@ -82,7 +82,7 @@ class FasaConfig:
                 f"FASA step range must satisfy 0 <= start < end <= 1 (fractions of the steps), "
                 f"got start={self.start}, end={self.end}"
             )
-        if self.weight is not None and not torch.isfinite(torch.tensor(float(self.weight))):
+        if self.weight is not None and not math.isfinite(self.weight):
             raise ValueError(f"FASA weight must be a finite number, got {self.weight!r}")
 
     def step_range(self, num_steps: int) -> range:
