@@ -21,8 +21,9 @@ A call runs
    pose/ControlNet images shared. One batch ``[personalized, foundation]`` (per-row identity,
    mode ``"batched"``) when nothing else must be switched off; with a peft LoRA or W+ on the
    pipeline (which cannot be switched per row) the foundation runs as its own call with the
-   LoRA disabled (mode ``"separate"``). The foundation's self-attention keys/values in the FASA
-   layers and steps, and its cross-attention maps of the attribute tokens, are recorded;
+   LoRA disabled (mode ``"separate"``); with ``compare=False`` (attributes known beforehand)
+   the foundation runs alone. The foundation's self-attention keys/values in the FASA layers and
+   steps, and its cross-attention maps of the attribute tokens, are recorded;
 2. the caller's **mask function** on the foundation (and personalized) images: per image, the
    attributes to repair and their masks (``None``: the fallback mask, the foundation's
    cross-attention map of the attribute's words, averaged at 32², normalised, Otsu threshold);
@@ -104,18 +105,18 @@ class RepairPipelineOutput(BaseOutput):
 
     Attributes:
         images: the repaired images (the personalized ones where nothing was repaired).
-        personalized_images: pass 1's personalized images.
+        personalized_images: pass 1's personalized images (``None`` with ``compare=False``).
         foundation_images: pass 1's foundation images (identity off).
         masks: per image, attribute -> the bool ``[H, W]`` mask it was repaired with.
         mask_sources: per image, attribute -> ``"given"`` (the mask function's),
             ``"attention"`` (the fallback map) or ``"none"`` (no mask: not repaired).
         foundation_mode: ``"batched"`` (one batch with per-row identity) or ``"separate"``
-            (the foundation ran as its own call, the LoRA off).
+            (the foundation ran as its own call, with the LoRAs off).
         pass2_start: the step pass 2 started at (``None``: no pass 2, nothing to repair).
     """
 
     images: list[PIL.Image.Image] | np.ndarray
-    personalized_images: list[PIL.Image.Image] | np.ndarray
+    personalized_images: list[PIL.Image.Image] | np.ndarray | None
     foundation_images: list[PIL.Image.Image] | np.ndarray
     masks: list[dict[str, np.ndarray]]
     mask_sources: list[dict[str, str]]
@@ -226,16 +227,13 @@ class AttributeRepairMixin:
         }
         mode = "separate" if self._foundation_needs_own_call(kwargs) or not compare else "batched"
         run = _Passes(self, session, base, cross_attention_kwargs, latents, n)
-        record = {"tokens": None, "indices": token_indices}
-        personalized = None
         if mode == "batched":
-            record["tokens"] = self._foundation_embeds(foundation_prompt, n)
             personalized, foundation = run.batched(
-                prompt, foundation_prompt, negative_prompt, record
+                prompt, foundation_prompt, negative_prompt, token_indices
             )
         else:
             personalized, foundation = run.separate(
-                prompt if compare else None, foundation_prompt, negative_prompt, record
+                prompt if compare else None, foundation_prompt, negative_prompt, token_indices
             )
 
         # 5. Masks: the caller's, else the foundation's attention maps
@@ -397,8 +395,10 @@ class _Passes:
             }
         )
 
-    def batched(self, prompt, foundation_prompt, negative_prompt, record):
+    def batched(self, prompt, foundation_prompt, negative_prompt, token_indices):
+        """One call on the batch ``[personalized, foundation]``, identity on the first rows."""
         n = self.n
+        tokens = self.pipe._foundation_embeds(foundation_prompt, n)
         call = dict(self.base)
         if call.get("identity_embeds") is not None:
             call["identity_rows"] = [True] * n + [False] * n
@@ -407,12 +407,12 @@ class _Passes:
             prompt=[prompt] * n + [foundation_prompt] * n,
             negative_prompt=None if negative_prompt is None else [negative_prompt] * 2 * n,
             latents=torch.cat([self.latents, self.latents]),
-            cross_attention_kwargs=self._recording_state(record["tokens"], record["indices"]),
+            cross_attention_kwargs=self._recording_state(tokens, token_indices),
             **call,
         )
         return images[:n], images[n:]
 
-    def separate(self, prompt, foundation_prompt, negative_prompt, record):
+    def separate(self, prompt, foundation_prompt, negative_prompt, token_indices):
         """The personalized call (unless ``prompt`` is ``None``), then the foundation's, with
         the LoRA disabled."""
         pipe, n = self.pipe, self.n
@@ -438,7 +438,7 @@ class _Passes:
                 negative_prompt=negative_prompt,
                 num_images_per_prompt=n,
                 latents=self.latents,
-                cross_attention_kwargs=self._recording_state(tokens, record["indices"]),
+                cross_attention_kwargs=self._recording_state(tokens, token_indices),
                 **foundation_call,
             )
         finally:
