@@ -18,7 +18,7 @@ def test_repair_shows_the_report_and_the_foundation_image(studio, ada):
     args = (studio, ada, "", "{subject}, red hair, round glasses", None, 1.0, 1, 5, 2)
     _, files, seeds, notes, report, foundations = webui_repair.generate(*args, "hair")
     assert seeds == [5] and "Likeness by" in notes
-    assert report.splitlines()[0] == "**Seed 5** (foundation: batched)"
+    assert report.splitlines()[0] == "**Seed 5** (foundation: separate)"  # named: no compare
     assert report.splitlines()[1].startswith("- hair: **repaired** (attention mask): asked for")
     ((foundation, caption),) = foundations
     assert caption == "seed 5" and Path(foundation).is_file()
