@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio import webui, webui_swap, webui_wplus
+from studio import webui, webui_repair, webui_swap, webui_wplus
 from studio.cli_common import setup_logging
 from studio.errors import StudioError
 from studio.limits import MAX_IDENTITY_SCALE, MAX_IMAGES, MAX_SEED
@@ -219,6 +219,7 @@ def build_demo(studio: Studio, *, banner: str | None = None) -> gr.Blocks:
                         steps = gr.Slider(
                             1, 100, value=default_steps, step=1, label="Steps", elem_id="gen-steps"
                         )
+                        repair = webui_repair.repair_controls()
                         wplus = webui_wplus.build_wplus_section(studio)
                         run = gr.Button("Generate", variant="primary", elem_id="gen-run")
                     with gr.Column(scale=2):
@@ -230,6 +231,7 @@ def build_demo(studio: Studio, *, banner: str | None = None) -> gr.Blocks:
                             elem_id="gen-gallery",
                         )
                         notes = gr.Markdown(elem_id="gen-notes")
+                        repair_report, foundations = webui_repair.repair_results()
                         files = gr.File(
                             label="Download",
                             file_count="multiple",
@@ -307,9 +309,20 @@ def build_demo(studio: Studio, *, banner: str | None = None) -> gr.Blocks:
         style.change(partial(webui.style_details, studio), style, [style_info, identity], **PRIVATE)
         show_history = partial(webui.history, studio)
         run.click(
-            partial(webui_wplus.generate, studio, wplus.names),
-            [gen_profile, style, prompt, pose, identity, number, seed, steps, *wplus.inputs],
-            [gallery, files, seeds, notes],
+            partial(webui_repair.generate, studio, wplus.names),
+            [
+                gen_profile,
+                style,
+                prompt,
+                pose,
+                identity,
+                number,
+                seed,
+                steps,
+                repair,
+                *wplus.inputs,
+            ],
+            [gallery, files, seeds, notes, repair_report, foundations],
             api_name="generate",
             **GPU,
         ).success(show_history, None, [history_gallery, records], **PRIVATE)

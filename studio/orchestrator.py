@@ -48,6 +48,14 @@ from studio.outputs import GenerationRecord, save_image
 from studio.profiles.errors import ProfileError
 from studio.profiles.library import ProfileLibrary
 from studio.profiles.types import Profile
+from studio.repair import (
+    RepairReport,
+    foundation_prompt_for,
+    generate_repaired,
+    parse_repair,
+    repair_attributes,
+    save_foundation,
+)
 from studio.requests import Identity, PortraitRequest
 from studio.scoring import IdentityScore, IdentityScorer
 from studio.settings import Settings
@@ -85,6 +93,10 @@ class Portrait:
     path: Path
     seed: int
     score: IdentityScore
+    repair: RepairReport | None = None
+    """The attribute repair's report, when the request asked for repair."""
+    foundation: Path | None = None
+    """The repair's foundation image (identity off), saved beside the portrait."""
 
 
 @dataclass(frozen=True)
@@ -407,7 +419,11 @@ class Studio:
                 **wplus,
                 **condition,
             }
-            images, offload_note = self.host.run(pipe, **call)
+            repaired = self._repair(pipe, call, request, identity, prompt)
+            if repaired:
+                images, offload_note = [r.image for r in repaired], None
+            else:
+                images, offload_note = self.host.run(pipe, **call)
             wplus_record = _wplus_record(pipe, request, self.wplus.key) if wplus else None
             sampler = type(pipe.scheduler).__name__.removesuffix("Scheduler")
             staged = [
@@ -417,7 +433,8 @@ class Studio:
         if offload_note:
             notes.append(offload_note)
         portraits = []
-        for seed, (image, records) in zip(seeds, staged, strict=True):
+        for index, (seed, (image, records)) in enumerate(zip(seeds, staged, strict=True)):
+            fixed = repaired[index] if repaired else None
             with self._faces_lock:
                 score = scorer.score(image)
             record = GenerationRecord(
@@ -451,8 +468,14 @@ class Studio:
                 },
             }
             masks = {f"{r.name}.{name}": mask for r in records for name, mask in r.masks.items()}
+            if fixed is not None:
+                extra["repair"] = fixed.report.sidecar()
+                masks.update(fixed.masks)
             path = save_image(image, record, out_dir or self.portraits_dir, extra, masks)
-            portraits.append(Portrait(path, seed, score))
+            foundation = save_foundation(fixed, path, record, extra) if fixed else None
+            portraits.append(
+                Portrait(path, seed, score, fixed.report if fixed else None, foundation)
+            )
         portraits.sort(key=lambda p: p.score.similarity, reverse=True)
         return PortraitResult(tuple(portraits), prompt, scorer.encoder, tuple(notes))
 
@@ -466,6 +489,35 @@ class Studio:
             )
         with self._gpu_lock:
             return run_swap(self, request, out_dir or self.portraits_dir)
+
+    def _repair(self, pipe, call, request, identity, prompt) -> list | None:
+        """With ``request.repair`` on, generate through the repair pipeline (called with the GPU
+        lock held); ``None`` when the request repairs nothing."""
+        attributes = repair_attributes(request.repair, request.prompt)
+        if not attributes:
+            return None
+        lora = identity.lora
+        with self._faces_lock:
+            analyzer, parser = self.analyzer(self.scoring_encoder()), self.face_parser
+
+        def faces(rgb):
+            with self._faces_lock:
+                return analyzer.analyze(rgb)
+
+        choice = parse_repair(request.repair)
+        return generate_repaired(
+            self.host,
+            pipe,
+            dict(call),
+            attributes=attributes,
+            forced=() if isinstance(choice, str) else choice,
+            user_prompt=request.prompt,
+            foundation_prompt=foundation_prompt_for(
+                prompt, identity.subject, lora.class_word if lora else None
+            ),
+            faces=faces,
+            parser=parser,
+        )
 
     def _stage(self, name: str) -> Stage:
         """The registered stage ``name``, made once per studio."""

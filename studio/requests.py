@@ -49,6 +49,8 @@ class PortraitRequest:
     """Strength of the W+ adapter (0 to 1.5); ``None`` keeps the adapter's (1.0)."""
     swap_target: str | Path | None = None
     """The ``swap`` stage's template photo: the person's face goes onto its largest face."""
+    repair: str = "off"
+    """Attribute repair (:mod:`studio.repair`): ``off``, ``auto`` or names (``hair,glasses``)."""
 
     def validate(self) -> None:
         """Raise a :class:`StudioError` naming the first unusable field and its range."""
@@ -67,6 +69,9 @@ class PortraitRequest:
         check_edits(self.edits)
         if self.wplus_scale is not None:
             check_range("W+ scale", self.wplus_scale, 0, MAX_WPLUS_SCALE)
+        from studio.repair import parse_repair
+
+        parse_repair(self.repair)
 
 
 @dataclass(frozen=True, eq=False)

@@ -231,13 +231,15 @@ def generate(
     num_images: float,
     seed: float | None,
     steps: float,
+    repair: str = "off",
     progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's convention)
     *,
     edits: tuple[tuple[str, float], ...] = (),
     wplus_scale: float | None = None,
 ) -> Generated:
     """Portraits of a profile in a style and/or from a prompt, scored and saved; ``edits`` and
-    ``wplus_scale`` come from the W+ section (:mod:`studio.webui_wplus`)."""
+    ``wplus_scale`` come from the W+ section (:mod:`studio.webui_wplus`), ``repair`` is
+    :mod:`studio.repair`'s choice."""
     if seed is None:
         raise gr.Error(f"enter a seed from 0 to {MAX_SEED}")
     if not 1 <= num_images <= MAX_IMAGES:
@@ -253,6 +255,7 @@ def generate(
         identity_scale=float(identity_scale),
         edits=edits,
         wplus_scale=wplus_scale,
+        repair=repair,
     )
     with user_errors(*filter(None, [pose])):
         result = studio.generate(request)

@@ -112,9 +112,11 @@ def generate(
     steps: float,
     wplus_scale: float = DEFAULT_WPLUS_SCALE,
     *amounts: float,
+    repair: str = "off",
     progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's convention)
 ) -> webui.Generated:
-    """:func:`studio.webui.generate` with the section's W+ strength and edits."""
+    """:func:`studio.webui.generate` with the section's W+ strength and edits (and ``repair``,
+    :mod:`studio.repair`'s choice)."""
     scale = None if wplus_scale is None or wplus_scale == DEFAULT_WPLUS_SCALE else wplus_scale
     return webui.generate(
         studio,
@@ -129,6 +131,7 @@ def generate(
         progress,
         edits=edits_from(names, amounts),
         wplus_scale=scale if studio.wplus.in_set else None,
+        repair=repair,
     )
 
 

@@ -34,6 +34,12 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--swap-target", type=Path, help="the swap stage's template photo (with --stage swap)"
     )
+    p.add_argument(
+        "--repair",
+        default="off",
+        help="attribute repair: auto (check the prompt's attributes, repair the missing), "
+        "a list such as hair,glasses (repair these), or off (default)",
+    )
     p.add_argument("--models", default="tiny", help="model set (default: tiny)")
     p.add_argument("--out", type=Path, help="output folder (default: the history folder)")
     edit_options(p, scale=True)
@@ -66,6 +72,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         edits=tuple(args.edits),
         wplus_scale=args.wplus_scale,
         swap_target=args.swap_target,
+        repair=args.repair,
     )
     result = studio.generate(request, out_dir=args.out)
     for note in result.notes:
@@ -78,4 +85,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if not score.faces:
             verdict = "no face found"
         print(f"{score.similarity:6.3f}  seed {portrait.seed:<6} {verdict:15} {portrait.path}")
+        if portrait.repair is not None:
+            for line in portrait.repair.lines():
+                print(f"        repair {line}")
+            print(f"        foundation image (identity off): {portrait.foundation}")
     return 0

@@ -35,9 +35,10 @@ def test_profile_and_generate_endpoints(client, studio, faces_dir):
         client.predict("Gus", photos, False, api_name="/create_profile")
     assert "Gus" not in webui.profile_names(studio)
 
-    gallery, files, notes = client.predict(
+    gallery, files, notes, report, foundations = client.predict(
         "Fay", "passport", "", None, 1.0, 2, 7, 2, api_name="/generate"
     )
+    assert report == "" and foundations == []  # repair is off by default
     assert sorted(int(re.search(r"seed (\d+)", i["caption"])[1]) for i in gallery) == [7, 8]
     assert len(files) == 2 and all(Path(f).read_bytes()[:4] == b"\x89PNG" for f in files)
     assert "Likeness by" in notes
