@@ -33,6 +33,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -236,8 +237,9 @@ class IdentityAdapterMixin:
             identity_scale: this call's identity scale, as ``set_identity_scale`` takes it;
                 the pipeline's scale is not changed. ``None`` keeps it.
             identity_rows: one bool per generated image: which images get the identity (the
-                FaceID LoRA included); under classifier-free guidance each negative row follows
-                its image. ``None``: every image.
+                FaceID LoRA included, and every ``extra_inputs`` term that names no rows of its
+                own, such as W+); under classifier-free guidance each negative row follows its
+                image. ``None``: every image.
             extra_inputs: other contributions' inputs for this call, by contribution name (e.g.
                 the W+ adapter's ``"wplus"``).
 
@@ -265,7 +267,12 @@ class IdentityAdapterMixin:
                 f"cross_attention_kwargs[{STATE_KEY!r}] must be an AttentionCallState, got "
                 f"{type(state).__name__}"
             )
+        rows = None
+        if identity_tokens is not None and identity_rows is not None:
+            rows = self._denoiser_rows(identity_rows, len(identity_tokens))
         for name, inputs in extra_inputs.items():
+            if rows is not None and inputs.rows is None:
+                inputs = replace(inputs, rows=rows)
             state = state.with_input(name, inputs)
         if identity_tokens is not None:
             scale = identity_scale
@@ -273,9 +280,6 @@ class IdentityAdapterMixin:
                 scale = self._layer_scales(identity_scale)
             elif identity_scale is not None:
                 check_scale(identity_scale, "identity scale")
-            rows = None
-            if identity_rows is not None:
-                rows = self._denoiser_rows(identity_rows, len(identity_tokens))
             inputs = ContributionInput(tokens=identity_tokens, scale=scale, rows=rows)
             state = state.with_input(IDENTITY, inputs)
         kwargs[STATE_KEY] = state

@@ -19,10 +19,11 @@ A call runs
    tokens, no FaceID LoRA, no IdentityNet, no W+, no profile LoRA; the caller's
    ``foundation_prompt`` has the trigger word replaced by the class word) from the same noise,
    pose/ControlNet images shared. One batch ``[personalized, foundation]`` (per-row identity,
-   mode ``"batched"``) when nothing else must be switched off; with a peft LoRA or W+ on the
-   pipeline (which cannot be switched per row) the foundation runs as its own call with the
-   LoRA disabled (mode ``"separate"``); with ``compare=False`` (attributes known beforehand)
-   the foundation runs alone. The foundation's self-attention keys/values in the FASA layers and
+   mode ``"batched"``; W+ follows the identity's rows) when nothing else must be switched off;
+   with a peft LoRA on the pipeline (which cannot be switched per row), or W+ without identity
+   embeddings, the foundation runs as its own call with the LoRA disabled (mode
+   ``"separate"``); with ``compare=False`` (attributes known beforehand) the foundation runs
+   alone. The foundation's self-attention keys/values in the FASA layers and
    steps, and its cross-attention maps of the attribute tokens, are recorded;
 2. the caller's **mask function** on the foundation (and personalized) images: per image, the
    attributes to repair and their masks (``None``: the fallback mask, the foundation's
@@ -304,9 +305,10 @@ class AttributeRepairMixin:
             )
 
     def _foundation_needs_own_call(self, kwargs: Mapping[str, Any]) -> bool:
-        """A peft LoRA or W+ cannot be switched off per row of a batch."""
+        """A peft LoRA cannot be switched off per row of a batch; W+ follows the identity's rows,
+        so it needs identity embeddings to be switched off in the foundation rows."""
         loras = bool(getattr(self, "get_active_adapters", lambda: [])())
-        return loras or kwargs.get("wplus") is not None
+        return loras or (kwargs.get("wplus") is not None and kwargs.get("identity_embeds") is None)
 
     def _token_indices(self, prompt: str, words: str) -> list[int]:
         """Positions of ``words``' tokens in ``prompt``'s token ids (empty when absent)."""
@@ -402,6 +404,9 @@ class _Passes:
         call = dict(self.base)
         if call.get("identity_embeds") is not None:
             call["identity_rows"] = [True] * n + [False] * n
+        wplus = call.get("wplus")
+        if isinstance(wplus, torch.Tensor) and wplus.ndim == 3 and len(wplus) == n > 1:
+            call["wplus"] = torch.cat([wplus, wplus])  # one W+ per image of both branches
         images = self._call(
             keep=slice(0, n),
             prompt=[prompt] * n + [foundation_prompt] * n,

@@ -2,8 +2,9 @@
 
 identity (profile → adapter embeddings, the profile's LoRA, its W+ with the request's edits when
 the model set has the W+ adapter) → generation (identity-adapter pipeline, the W+ adapter,
-optional landmark ControlNet from a pose reference, the LoRA) → the request's stages
-(face swap, attribute repair: registered in :mod:`studio.stages`, run under the GPU lock) →
+optional landmark ControlNet from a pose reference, the LoRA; with ``repair`` on, the derived
+repair pipeline of :mod:`studio.repair` instead) → the request's stages (face swap: registered in
+:mod:`studio.stages`, run under the GPU lock) →
 scoring (identity similarity by a recognizer the adapter was not trained on) → saving
 (watermarked PNG with ``parameters``, JSON sidecar, read back by :meth:`Studio.history`), only
 once every stage succeeded on every image.

@@ -1,6 +1,6 @@
 """The stage seam: named steps that edit each generated portrait before it is scored and saved.
 
-A stage (face swap, attribute repair, ...) is a class with a ``name`` and
+A stage (face swap, ...) is a class with a ``name`` and
 ``run(given: StageInput, resources: StageResources) -> StageOutput``, made known with
 :func:`register_stage`; a request names the stages it wants (``PortraitRequest.stages``,
 ``--stage NAME``). The studio runs them in the order given, on every image, while it holds the

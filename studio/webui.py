@@ -231,11 +231,11 @@ def generate(
     num_images: float,
     seed: float | None,
     steps: float,
-    repair: str = "off",
     progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's convention)
     *,
     edits: tuple[tuple[str, float], ...] = (),
     wplus_scale: float | None = None,
+    repair: str = "off",
 ) -> Generated:
     """Portraits of a profile in a style and/or from a prompt, scored and saved; ``edits`` and
     ``wplus_scale`` come from the W+ section (:mod:`studio.webui_wplus`), ``repair`` is

@@ -90,7 +90,7 @@ def test_the_python_flow_uses_the_derived_pipeline(studio):
     (portrait,) = result.portraits
     assert [c.status for c in portrait.repair.checks] == [REPAIRED]
     assert portrait.foundation.exists()
-    assert studio.pipeline().attention_contributions() == ["identity", "fasa", "fasa-maps"]
+    assert studio.pipeline().attention_contributions() == ["identity", "fasa", "wplus", "fasa-maps"]
 
 
 def test_the_checker_on_real_portraits_through_the_mesh_parser(studio, faces_dir):

@@ -81,6 +81,10 @@ _LEFT_CHEEK = 454  # a point of the oval on the subject's left
 _REG = 4.0  # added to the colour covariance's diagonal (Lab units squared)
 
 
+MIN_EXTENT = 4
+"""Pixels: the smallest square around a face the parser analyses."""
+
+
 class FaceParseError(StudioError, ValueError):
     """A face cannot be parsed (no mesh found in its box, or mediapipe missing); the message
     names the box or the install command."""
@@ -120,6 +124,12 @@ class MeshFaceParser:
             mesh = face.mesh if face.mesh is not None else self._find_mesh(image, face)
             height, width = image.shape[:2]
             x0, y0, x1, y1 = _extent(mesh, width, height)
+            if x1 - x0 < MIN_EXTENT or y1 - y0 < MIN_EXTENT:
+                box = ", ".join(f"{v:.0f}" for v in face.bbox)
+                raise FaceParseError(
+                    f"the face in the box ({box}) (x, y, w, h) is too small to parse; use a "
+                    "larger photo of it"
+                )
             crop = image[y0:y1, x0:x1]
             local = np.asarray(mesh, dtype=np.float32).copy()
             local[:, 0] -= x0

@@ -158,6 +158,14 @@ def test_a_face_without_mesh_is_meshed_in_its_box(parser, photos, faces, parsed)
         parser.parse(empty, nowhere)
 
 
+def test_a_face_too_small_to_parse_is_a_clear_error(photos, faces):
+    face = faces["impostor_2"]
+    dot = np.zeros_like(np.asarray(face.mesh, np.float32)) + 50.0  # a mesh collapsed to a point
+    tiny = Face(bbox=(49.0, 49.0, 2.0, 2.0), score=face.score, kps=face.kps, mesh=dot)
+    with pytest.raises(FaceParseError, match=r"box \(49, 49, 2, 2\).*too small to parse"):
+        MeshFaceParser(segmenter=False).parse(photos["impostor_2"], tiny)
+
+
 def test_without_mediapipe_a_face_without_mesh_is_a_clear_error(photos, faces, monkeypatch):
     import studio.faces.mesh
 

@@ -1,5 +1,6 @@
 """PortraitPipeline with the W+ adapter on the tiny SD1.5 set: scale 0 and start 1 are no adapter
-exactly, W+ beside FaceID with separate scales, saving, the start schedule, input errors."""
+exactly, W+ beside FaceID with separate scales, per-row with the identity, saving, the start
+schedule, input errors."""
 
 from __future__ import annotations
 
@@ -208,3 +209,27 @@ def test_wplus_input_errors(plain, wplus_pipe):
         generate(wplus_pipe, wplus_scale=0.5)
     with pytest.raises(ValueError, match="`wplus_scale` must be a finite number"):
         generate(wplus_pipe, wplus=w_plus(), wplus_scale=float("inf"))
+
+
+def test_wplus_follows_the_identity_rows(plain, wplus_checkpoint, faceid_checkpoint):
+    pipe = fresh(plain)
+    pipe.load_wplus_adapter(wplus_checkpoint)
+    pipe.load_identity_adapter(faceid_checkpoint)
+    size = 64 // pipe.vae_scale_factor
+    first, second = (
+        torch.randn(1, 4, size, size, generator=torch.Generator().manual_seed(seed))
+        for seed in (1, 2)
+    )
+    kwargs = {"identity_embeds": unit_embeds(2), "wplus": w_plus()}
+    both = generate(
+        pipe,
+        num_images_per_prompt=2,
+        latents=torch.cat([first, second]),
+        identity_rows=[True, False],
+        **kwargs,
+    )
+    with_both = generate(pipe, latents=first, **kwargs)
+    without = generate(pipe, latents=second)  # the off row has neither identity nor W+
+    assert np.abs(both[0] - with_both[0]).max() < 1e-5
+    assert np.abs(both[1] - without[0]).max() < 1e-5
+    assert np.abs(with_both[0] - generate(pipe, latents=first, wplus=w_plus())[0]).max() > CHANGED
