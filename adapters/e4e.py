@@ -98,6 +98,22 @@ class BottleneckIRSE(nn.Module):
         return self.shortcut_layer(x) + self.res_layer(x)
 
 
+def ir_se50_stem_and_body(widths) -> tuple[nn.Sequential, nn.Sequential]:
+    """The IR-SE50 ``input_layer`` and ``body`` (pSp's ``Backbone(50, 'ir_se')``) for stage
+    ``widths``, in the published module names: e4e's encoder and the ArcFace recognizer share
+    them."""
+    first = widths[0]
+    stem = nn.Sequential(
+        nn.Conv2d(3, first, 3, 1, 1, bias=False), nn.BatchNorm2d(first), nn.PReLU(first)
+    )
+    units, in_channels = [], first
+    for depth, count in zip(widths, IR_SE50_UNITS, strict=True):
+        units.append(BottleneckIRSE(in_channels, depth, 2))
+        units += [BottleneckIRSE(depth, depth, 1) for _ in range(count - 1)]
+        in_channels = depth
+    return stem, nn.Sequential(*units)
+
+
 class GradualStyleBlock(nn.Module):
     """Strided 3x3 convolutions down to 1 px, then an equalised linear: one W+ row."""
 
@@ -123,17 +139,7 @@ class Encoder4Editing(nn.Module):
         super().__init__()
         config = config or E4EConfig()
         self.config = config
-        first = config.widths[0]
-        self.input_layer = nn.Sequential(
-            nn.Conv2d(3, first, 3, 1, 1, bias=False), nn.BatchNorm2d(first), nn.PReLU(first)
-        )
-        units = []
-        in_channels = first
-        for depth, count in zip(config.widths, IR_SE50_UNITS, strict=True):
-            units.append(BottleneckIRSE(in_channels, depth, 2))
-            units += [BottleneckIRSE(depth, depth, 1) for _ in range(count - 1)]
-            in_channels = depth
-        self.body = nn.Sequential(*units)
+        self.input_layer, self.body = ir_se50_stem_and_body(config.widths)
         dim = config.style_dim
         self.styles = nn.ModuleList(
             GradualStyleBlock(dim, dim, 16 if i < COARSE_ROWS else 32 if i < MIDDLE_ROWS else 64)

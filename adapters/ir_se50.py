@@ -2,7 +2,7 @@
 
 :class:`IRSE50Recognizer` is TreB1eN/InsightFace_Pytorch's ``Backbone(50, mode='ir_se')`` key for
 key: ``input_layer`` (conv, BN, PReLU), ``body.0..23`` (the same ``bottleneck_IR_SE`` units as
-e4e's encoder body, :class:`~adapters.e4e.BottleneckIRSE`) and ``output_layer`` (BN, dropout,
+e4e's encoder body, :func:`~adapters.e4e.ir_se50_stem_and_body`) and ``output_layer`` (BN, dropout,
 flatten, ``Linear(512 * 7 * 7, 512)``, BN1d), returning unit embeddings of 112-px faces.
 
 :meth:`IRSE50Recognizer.embed_ffhq` takes FFHQ-aligned crops (256 px, RGB in ``[-1, 1]``) and,
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapters.checkpoint import CheckpointError, load_state_dict
-from adapters.e4e import IR_SE50_UNITS, IR_SE50_WIDTHS, BottleneckIRSE
+from adapters.e4e import IR_SE50_UNITS, IR_SE50_WIDTHS, ir_se50_stem_and_body
 
 #: The published file name (pSp/e4e's ``model_paths['ir_se50']``).
 IR_SE50_FILE = "model_ir_se50.pth"
@@ -55,17 +55,8 @@ class IRSE50Recognizer(nn.Module):
         super().__init__()
         config = config or IRSE50Config()
         self.config = config
-        first, last = config.widths[0], config.widths[-1]
-        self.input_layer = nn.Sequential(
-            nn.Conv2d(3, first, 3, 1, 1, bias=False), nn.BatchNorm2d(first), nn.PReLU(first)
-        )
-        units = []
-        in_channels = first
-        for depth, count in zip(config.widths, IR_SE50_UNITS, strict=True):
-            units.append(BottleneckIRSE(in_channels, depth, 2))
-            units += [BottleneckIRSE(depth, depth, 1) for _ in range(count - 1)]
-            in_channels = depth
-        self.body = nn.Sequential(*units)
+        last = config.widths[-1]
+        self.input_layer, self.body = ir_se50_stem_and_body(config.widths)
         self.output_layer = nn.Sequential(
             nn.BatchNorm2d(last),
             nn.Dropout(0.6),  # pSp's IDLoss setting; inactive in eval

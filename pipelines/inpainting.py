@@ -25,10 +25,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint import (
     retrieve_latents,
 )
@@ -36,6 +38,18 @@ from diffusers.utils.torch_utils import randn_tensor
 
 ADAPTER_COMPONENTS = ("identity_projection", "identity_attn", "wplus_projection", "wplus_attn")
 """Components typed ``ModelMixin`` in the signatures, which diffusers' ``from_pipe`` would drop."""
+
+
+@dataclass(frozen=True, eq=False)
+class InpaintStart:
+    """Where an inpainting run starts: its steps, latents, noise, image latents and mask."""
+
+    timesteps: torch.Tensor
+    num_inference_steps: int
+    latents: torch.Tensor
+    noise: torch.Tensor
+    image_latents: torch.Tensor
+    mask: torch.Tensor
 
 
 class InpaintingMixin:
@@ -157,6 +171,74 @@ class InpaintingMixin:
             mask, size=(height // self.vae_scale_factor, width // self.vae_scale_factor)
         ).to(device=device, dtype=dtype)
         return mask.repeat(num_images // mask.shape[0], 1, 1, 1)
+
+    def prepare_inpainting(
+        self,
+        image: PipelineImageInput,
+        mask_image: PipelineImageInput,
+        *,
+        num_inference_steps: int,
+        strength: float,
+        height: int,
+        width: int,
+        num_images: int,
+        generator,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> InpaintStart:
+        """The last ``strength`` of the schedule, the starting latents, the image's own latents,
+        the noise and the mask at latent size."""
+        timesteps, num_inference_steps = retrieve_timesteps(
+            self.scheduler, num_inference_steps, device
+        )
+        timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength, device)
+        latents, noise, image_latents = self.prepare_image_latents(
+            image,
+            height=height,
+            width=width,
+            num_images=num_images,
+            timestep=timesteps[:1].repeat(num_images),
+            strength=strength,
+            generator=generator,
+            device=device,
+            dtype=dtype,
+        )
+        mask = self.prepare_inpaint_mask(
+            mask_image,
+            height=height,
+            width=width,
+            num_images=num_images,
+            device=device,
+            dtype=dtype,
+        )
+        return InpaintStart(timesteps, num_inference_steps, latents, noise, image_latents, mask)
+
+    def inpaint_step(
+        self,
+        noise_pred: torch.Tensor,
+        latents: torch.Tensor,
+        start: InpaintStart,
+        step: int,
+        guidance_scale: float,
+        extra_step_kwargs: dict[str, Any],
+    ) -> torch.Tensor:
+        """Guidance, the scheduler's step ``step``, then the image's latents restored outside
+        the mask."""
+        if self.do_classifier_free_guidance:
+            noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+            noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+        t = start.timesteps[step]
+        latents = self.scheduler.step(
+            noise_pred, t, latents, **extra_step_kwargs, return_dict=False
+        )[0]
+        return self.restore_known(
+            latents,
+            image_latents=start.image_latents,
+            noise=start.noise,
+            mask=start.mask,
+            timesteps=start.timesteps,
+            step=step,
+        )
 
     def restore_known(
         self,

@@ -22,7 +22,6 @@ from diffusers.image_processor import PipelineImageInput
 from diffusers.pipelines.stable_diffusion import (
     StableDiffusionPipelineOutput,
 )
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from diffusers.utils import logging, replace_example_docstring
 
 from pipelines.conditioning import ConditionImageInput
@@ -237,35 +236,26 @@ class PortraitInpaintPipeline(InpaintingMixin, PortraitPipeline):
                 do_classifier_free_guidance=self.do_classifier_free_guidance,
             )
 
-        # 6. Timesteps: the last `strength` of the schedule
-        timesteps, num_inference_steps = retrieve_timesteps(
-            self.scheduler, num_inference_steps, device
-        )
-        timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength, device)
-        latent_timestep = timesteps[:1].repeat(num_images)
-
-        # 7. The starting latents, the image's own and the mask at latent size
-        latents, noise, image_latents = self.prepare_image_latents(
+        # 6. The last `strength` of the schedule; the starting latents, the image's own, the mask
+        start = self.prepare_inpainting(
             image,
+            mask_image,
+            num_inference_steps=num_inference_steps,
+            strength=strength,
             height=height,
             width=width,
             num_images=num_images,
-            timestep=latent_timestep,
-            strength=strength,
             generator=generator,
             device=device,
             dtype=prompt_embeds.dtype,
         )
-        mask = self.prepare_inpaint_mask(
-            mask_image,
-            height=height,
-            width=width,
-            num_images=num_images,
-            device=device,
-            dtype=prompt_embeds.dtype,
+        timesteps, num_inference_steps, latents = (
+            start.timesteps,
+            start.num_inference_steps,
+            start.latents,
         )
 
-        # 8. Denoising loop, the image's latents restored outside the mask after every step
+        # 7. Denoising loop, the image's latents restored outside the mask after every step
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
         self._num_timesteps = len(timesteps)
         attention_kwargs = self.attention_call_kwargs(
@@ -299,25 +289,12 @@ class PortraitInpaintPipeline(InpaintingMixin, PortraitPipeline):
                     mid_block_additional_residual=mid_block_res_sample,
                     return_dict=False,
                 )[0]
-                if self.do_classifier_free_guidance:
-                    noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-                    noise_pred = noise_pred_uncond + self.guidance_scale * (
-                        noise_pred_text - noise_pred_uncond
-                    )
-                latents = self.scheduler.step(
-                    noise_pred, t, latents, **extra_step_kwargs, return_dict=False
-                )[0]
-                latents = self.restore_known(
-                    latents,
-                    image_latents=image_latents,
-                    noise=noise,
-                    mask=mask,
-                    timesteps=timesteps,
-                    step=i,
+                latents = self.inpaint_step(
+                    noise_pred, latents, start, i, self.guidance_scale, extra_step_kwargs
                 )
                 progress_bar.update()
 
-        # 9. Decode
+        # 8. Decode
         images = self.decode_inpainted(latents, output_type, generator)
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 from diffusers.image_processor import PipelineImageInput
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOutput
 from diffusers.utils import logging, replace_example_docstring
 
@@ -246,35 +245,26 @@ class PortraitXLInpaintPipeline(InpaintingMixin, PortraitXLPipeline):
             do_classifier_free_guidance=self.do_classifier_free_guidance,
         )
 
-        # 6. Timesteps: the last `strength` of the schedule
-        timesteps, num_inference_steps = retrieve_timesteps(
-            self.scheduler, num_inference_steps, device
-        )
-        timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength, device)
-        latent_timestep = timesteps[:1].repeat(num_images)
-
-        # 7. The starting latents, the image's own and the mask at latent size
-        latents, noise, image_latents = self.prepare_image_latents(
+        # 6. The last `strength` of the schedule; the starting latents, the image's own, the mask
+        start = self.prepare_inpainting(
             image,
+            mask_image,
+            num_inference_steps=num_inference_steps,
+            strength=strength,
             height=height,
             width=width,
             num_images=num_images,
-            timestep=latent_timestep,
-            strength=strength,
             generator=generator,
             device=device,
             dtype=prompt_embeds.dtype,
         )
-        mask = self.prepare_inpaint_mask(
-            mask_image,
-            height=height,
-            width=width,
-            num_images=num_images,
-            device=device,
-            dtype=prompt_embeds.dtype,
+        timesteps, num_inference_steps, latents = (
+            start.timesteps,
+            start.num_inference_steps,
+            start.latents,
         )
 
-        # 8. Added time ids and embeddings
+        # 7. Added time ids and embeddings
         if self.text_encoder_2 is None:
             projection_dim = int(pooled_prompt_embeds.shape[-1])
         else:
@@ -297,7 +287,7 @@ class PortraitXLInpaintPipeline(InpaintingMixin, PortraitXLPipeline):
             "time_ids": add_time_ids.to(device).repeat(num_images, 1),
         }
 
-        # 9. Denoising loop, the image's latents restored outside the mask after every step
+        # 8. Denoising loop, the image's latents restored outside the mask after every step
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
         self._num_timesteps = len(timesteps)
         self._cross_attention_kwargs = self.attention_call_kwargs(
@@ -331,25 +321,12 @@ class PortraitXLInpaintPipeline(InpaintingMixin, PortraitXLPipeline):
                     added_cond_kwargs=added_cond_kwargs,
                     return_dict=False,
                 )[0]
-                if self.do_classifier_free_guidance:
-                    noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-                    noise_pred = noise_pred_uncond + guidance_scale * (
-                        noise_pred_text - noise_pred_uncond
-                    )
-                latents = self.scheduler.step(
-                    noise_pred, t, latents, **extra_step_kwargs, return_dict=False
-                )[0]
-                latents = self.restore_known(
-                    latents,
-                    image_latents=image_latents,
-                    noise=noise,
-                    mask=mask,
-                    timesteps=timesteps,
-                    step=i,
+                latents = self.inpaint_step(
+                    noise_pred, latents, start, i, guidance_scale, extra_step_kwargs
                 )
                 progress_bar.update()
 
-        # 10. Decode
+        # 9. Decode
         images = self.decode_inpainted(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

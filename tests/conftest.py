@@ -98,3 +98,17 @@ def tiny_env(studio_env, tiny_models_dir, monkeypatch) -> Path:
     """Like ``studio_env`` but with the session's prebuilt tiny sets as the models dir."""
     monkeypatch.setenv("STUDIO_MODELS_DIR", str(tiny_models_dir))
     return studio_env
+
+
+@pytest.fixture
+def studio(tiny_env, faces_dir):
+    """A studio on the tiny set with the profile "Ada" made of two photos of one person."""
+    from studio.orchestrator import Studio
+    from studio.settings import load_settings
+
+    studio = Studio(load_settings(), "tiny")
+    with studio.library() as library:
+        library.create(
+            "Ada", [faces_dir / "person_a_1.jpg", faces_dir / "person_a_2.jpg"], consent=True
+        )
+    return studio

@@ -14,23 +14,13 @@ from synthetic_models import arcface_like_model
 
 from studio.cli import main
 from studio.errors import StudioError
-from studio.orchestrator import PortraitRequest, Studio
+from studio.orchestrator import PortraitRequest
 from studio.outputs import read_provenance
 from studio.settings import load_settings
 from studio.stages import STAGES, StageInput, StageOutput, StageResources
 from studio.styles import load_styles
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def studio(tiny_env, faces_dir) -> Studio:
-    studio = Studio(load_settings(), "tiny")
-    with studio.library() as library:
-        library.create(
-            "Ada", [faces_dir / "person_a_1.jpg", faces_dir / "person_a_2.jpg"], consent=True
-        )
-    return studio
 
 
 class PastePhoto:

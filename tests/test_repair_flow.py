@@ -15,7 +15,7 @@ from pipelines.repair import PortraitRepairPipeline
 from studio.cli import main
 from studio.errors import StudioError
 from studio.faces.keywords import attribute_mask
-from studio.orchestrator import PortraitRequest, Studio
+from studio.orchestrator import PortraitRequest
 from studio.repair import (
     FOUND,
     REPAIRED,
@@ -26,21 +26,10 @@ from studio.repair import (
     parse_repair,
     repair_attributes,
 )
-from studio.settings import load_settings
 
 pytestmark = pytest.mark.slow
 
 PROMPT = "red hair, round glasses"
-
-
-@pytest.fixture
-def studio(tiny_env, faces_dir) -> Studio:
-    studio = Studio(load_settings(), "tiny")
-    with studio.library() as library:
-        library.create(
-            "Ada", [faces_dir / "person_a_1.jpg", faces_dir / "person_a_2.jpg"], consent=True
-        )
-    return studio
 
 
 def portrait_lines(out: str) -> tuple[Path, list[str]]:

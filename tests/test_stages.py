@@ -14,7 +14,6 @@ from studio.cli import main
 from studio.errors import StudioError
 from studio.faces.mesh_parser import MeshFaceParser
 from studio.orchestrator import PortraitRequest, Studio
-from studio.settings import load_settings
 from studio.stages import (
     STAGES,
     StageError,
@@ -82,16 +81,6 @@ class FailOn:
         if given.index == self.index:
             raise StudioError("the face is turned too far")
         return StageOutput(given.image)
-
-
-@pytest.fixture
-def studio(tiny_env, faces_dir) -> Studio:
-    studio = Studio(load_settings(), "tiny")
-    with studio.library() as library:
-        library.create(
-            "Ada", [faces_dir / "person_a_1.jpg", faces_dir / "person_a_2.jpg"], consent=True
-        )
-    return studio
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator
 from types import ModuleType, TracebackType
+from typing import Self
 
 import cv2
 import numpy as np
@@ -126,7 +127,31 @@ def _drop_kept_traceback() -> None:
         error.__context__ = error.__cause__ = None
 
 
-class FaceMesher:
+class MediapipeGraph:
+    """Owns one mediapipe solution graph (``_graph``): close it, or use the owner as a context
+    manager, to free it; later calls raise."""
+
+    _graph = None
+
+    def close(self) -> None:
+        """Free the mediapipe graph."""
+        if self._graph is not None:
+            self._graph.close()
+            self._graph = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class FaceMesher(MediapipeGraph):
     """One mediapipe FaceMesh graph (static images, refined irises) giving 478 points per face.
 
     A mesher is not thread-safe; use one per thread. Close it, or use it as a context manager,
@@ -213,23 +238,6 @@ class FaceMesher:
             points[:, 1] += y0
             meshes.append(points)
         return meshes
-
-    def close(self) -> None:
-        """Free the mediapipe graph; later calls to ``landmarks`` raise."""
-        if self._graph is not None:
-            self._graph.close()
-            self._graph = None
-
-    def __enter__(self) -> FaceMesher:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def head_pose(mesh: np.ndarray) -> Pose:

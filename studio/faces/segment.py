@@ -5,11 +5,9 @@ background. The mesh face parser uses it to find hair, ears, neck and clothes ar
 
 from __future__ import annotations
 
-from types import TracebackType
-
 import numpy as np
 
-from studio.faces.mesh import _drop_kept_traceback, _native_stderr_silenced
+from studio.faces.mesh import MediapipeGraph, _drop_kept_traceback, _native_stderr_silenced
 from studio.faces.types import check_rgb
 
 PERSON_THRESHOLD = 0.5
@@ -21,7 +19,7 @@ _INSTALL_HINT = (
 )
 
 
-class PersonSegmenter:
+class PersonSegmenter(MediapipeGraph):
     """One mediapipe SelfieSegmentation graph (the general 256x256 model). Not thread-safe; close
     it, or use it as a context manager, to free the graph."""
 
@@ -41,20 +39,3 @@ class PersonSegmenter:
         check_rgb(image_rgb)
         result = self._graph.process(np.ascontiguousarray(image_rgb))
         return np.clip(np.asarray(result.segmentation_mask, dtype=np.float32), 0.0, 1.0)
-
-    def close(self) -> None:
-        """Free the mediapipe graph; later calls raise."""
-        if self._graph is not None:
-            self._graph.close()
-            self._graph = None
-
-    def __enter__(self) -> PersonSegmenter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

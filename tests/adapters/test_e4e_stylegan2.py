@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from published_ir_se import ir_se50_stem_and_body_layout
 
 from adapters.e4e import E4E, E4EConfig, check_state_dict, load_e4e
 from adapters.stylegan2 import StyleGAN2Config, StyleGAN2Generator, Upsample, upfirdn2d
@@ -62,32 +63,7 @@ def _rosinality_generator_layout(size=1024, style_dim=512, n_mlp=8, multiplier=2
 
 def _e4e_encoder_layout():
     """Key -> shape of e4e's ``Encoder4Editing(50, 'ir_se', opts)`` for 1024-px StyleGAN."""
-    layout = {}
-
-    def bn(prefix, c):
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            layout[f"{prefix}.{name}"] = (c,)
-        layout[f"{prefix}.num_batches_tracked"] = ()
-
-    layout["input_layer.0.weight"] = (64, 3, 3, 3)
-    bn("input_layer.1", 64)
-    layout["input_layer.2.weight"] = (64,)
-    unit = 0
-    for cin, depth, count in ((64, 64, 3), (64, 128, 4), (128, 256, 14), (256, 512, 3)):
-        for k in range(count):
-            c = cin if k == 0 else depth
-            p = f"body.{unit}"
-            if c != depth:
-                layout[f"{p}.shortcut_layer.0.weight"] = (depth, c, 1, 1)
-                bn(f"{p}.shortcut_layer.1", depth)
-            bn(f"{p}.res_layer.0", c)
-            layout[f"{p}.res_layer.1.weight"] = (depth, c, 3, 3)
-            layout[f"{p}.res_layer.2.weight"] = (depth,)
-            layout[f"{p}.res_layer.3.weight"] = (depth, depth, 3, 3)
-            bn(f"{p}.res_layer.4", depth)
-            layout[f"{p}.res_layer.5.fc1.weight"] = (depth // 16, depth, 1, 1)
-            layout[f"{p}.res_layer.5.fc2.weight"] = (depth, depth // 16, 1, 1)
-            unit += 1
+    layout = ir_se50_stem_and_body_layout()
     for i in range(18):
         spatial = 16 if i < 3 else 32 if i < 7 else 64
         for j in range(int(math.log2(spatial))):

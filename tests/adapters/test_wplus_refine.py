@@ -8,6 +8,7 @@ import threading
 import pytest
 import torch
 import torch.nn.functional as F
+from published_ir_se import bn, ir_se50_stem_and_body_layout
 
 from adapters.checkpoint import CheckpointError
 from adapters.e4e import E4EConfig
@@ -125,36 +126,11 @@ def test_bad_inputs_are_named(generator, known):
 
 def _published_ir_se50_layout() -> dict[str, tuple[int, ...]]:
     """Key -> shape of TreB1eN's ``Backbone(50, 0.6, 'ir_se')`` (pSp's ``model_irse``)."""
-    layout = {}
-
-    def bn(prefix, c):
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            layout[f"{prefix}.{name}"] = (c,)
-        layout[f"{prefix}.num_batches_tracked"] = ()
-
-    layout["input_layer.0.weight"] = (64, 3, 3, 3)
-    bn("input_layer.1", 64)
-    layout["input_layer.2.weight"] = (64,)
-    unit = 0
-    for cin, depth, count in ((64, 64, 3), (64, 128, 4), (128, 256, 14), (256, 512, 3)):
-        for k in range(count):
-            c = cin if k == 0 else depth
-            p = f"body.{unit}"
-            if c != depth:
-                layout[f"{p}.shortcut_layer.0.weight"] = (depth, c, 1, 1)
-                bn(f"{p}.shortcut_layer.1", depth)
-            bn(f"{p}.res_layer.0", c)
-            layout[f"{p}.res_layer.1.weight"] = (depth, c, 3, 3)
-            layout[f"{p}.res_layer.2.weight"] = (depth,)
-            layout[f"{p}.res_layer.3.weight"] = (depth, depth, 3, 3)
-            bn(f"{p}.res_layer.4", depth)
-            layout[f"{p}.res_layer.5.fc1.weight"] = (depth // 16, depth, 1, 1)
-            layout[f"{p}.res_layer.5.fc2.weight"] = (depth, depth // 16, 1, 1)
-            unit += 1
-    bn("output_layer.0", 512)
+    layout = ir_se50_stem_and_body_layout()
+    bn(layout, "output_layer.0", 512)
     layout["output_layer.3.weight"] = (512, 512 * 7 * 7)
     layout["output_layer.3.bias"] = (512,)
-    bn("output_layer.4", 512)
+    bn(layout, "output_layer.4", 512)
     return layout
 
 
