@@ -16,7 +16,8 @@ It is one contribution of the attention stack (:mod:`adapters.stack`), a
 adapter (with its FaceID LoRA), the W+ term and diffusers' IP-Adapter keep running in the same
 layers (the reference code replaces ``Attention.forward`` and bypasses them).
 
-A repair is two denoising runs sharing one :class:`FasaSession`:
+A repair records in one run and applies in the same or a second one, sharing one
+:class:`FasaSession`:
 
 1. **record** (pass 1): at the chosen (step, layer) pairs, the foundation conditional rows' keys
    and values are kept in the session (the last ``num_images`` rows of the batch, which is
@@ -25,6 +26,11 @@ A repair is two denoising runs sharing one :class:`FasaSession`:
    cross-attention maps of attribute tokens, the fallback mask source.
 2. **apply** (pass 2, personalized rows only): the editor appends the recorded keys/values of
    the masked tokens to the personalized conditional rows. An empty mask changes nothing.
+
+A **live** session (an in-run repair) records no keys: its batch is ``[personalized,
+foundation]`` throughout, and once :meth:`FasaSession.apply` gives the masks (mid-run), the
+personalized conditional rows (the ``num_images`` rows before the last ``num_images``) take the
+same step's foundation keys/values straight from the batch.
 
 Published defaults (FreeCure's SDXL and SD1.x examples): every step; SDXL the last 20
 transformer blocks' self-attention (the reference's attention-call indices 100-139: from
@@ -123,10 +129,21 @@ class FasaSession:
         steps: the step indices FASA records and acts on.
         weight: ``w`` on the logits of masked foundation keys.
         layers: the self-attention layers (``attn_processors`` names) it records and acts on.
+        live: the foundation rows stay in the batch (an in-run repair): nothing is recorded, and
+            after :meth:`apply` the foundation keys/values come from the same call.
     """
 
-    def __init__(self, *, num_images: int, steps: range, weight: float, layers: Sequence[str]):
+    def __init__(
+        self,
+        *,
+        num_images: int,
+        steps: range,
+        weight: float,
+        layers: Sequence[str],
+        live: bool = False,
+    ):
         self.num_images = num_images
+        self.live = live
         self.steps = steps
         self.layers = frozenset(layers)
         self.weight = float(weight)
@@ -143,8 +160,9 @@ class FasaSession:
         return self.step in self.steps
 
     def apply(self, masks: torch.Tensor) -> None:
-        """Switch to pass 2 with ``masks`` ``[num_images, 1, H, W]`` in ``[0, 1]`` (at image
-        size; one per personalized image, the union of its attributes)."""
+        """Act from now on with ``masks`` ``[num_images, 1, H, W]`` in ``[0, 1]`` (at image
+        size; one per personalized image, the union of its attributes): pass 2 from its first
+        step, or a live session from its next step."""
         if masks.ndim != 4 or masks.shape[:2] != (self.num_images, 1):
             raise ValueError(
                 f"FASA masks must be [{self.num_images}, 1, H, W] (one per image), got "
@@ -153,7 +171,8 @@ class FasaSession:
         self.recording = False
         self.masks = masks
         self._grid_masks = {}
-        self.step = 0
+        if not self.live:
+            self.step = 0
 
     def grid_mask(self, tokens: int) -> torch.Tensor:
         """``[num_images, tokens]`` bool: the masks on a layer's token grid, made once."""
@@ -192,7 +211,9 @@ class FoundationAwareSelfAttention(Contribution):
             return False
         if self.layer_name not in session.layers:
             return False
-        return session.recording or bool(session.masks.any())
+        if session.recording:
+            return not session.live
+        return bool(session.masks.any())
 
     def edit_self_attention(self, attn, query, key, value, bias, inputs, scale):
         session: FasaSession = inputs.session
@@ -201,30 +222,24 @@ class FoundationAwareSelfAttention(Contribution):
             keep = (key[-n:].detach(), value[-n:].detach())
             session.keys_values[(session.step, self.layer_name)] = keep
             return key, value, bias
-        recorded = session.keys_values.get((session.step, self.layer_name))
-        if recorded is None:
-            raise ValueError(
-                f"FASA has no foundation keys for step {session.step} of {self.layer_name}; "
-                "run pass 1 with the same steps and layers before pass 2"
-            )
-        found_key, found_value = recorded
-        if found_key.shape[1:] != key.shape[1:]:
-            raise ValueError(
-                f"foundation keys {list(found_key.shape)} at {self.layer_name} do not fit this "
-                f"call's keys {list(key.shape)}; pass 2 must use pass 1's size"
-            )
+        batch = key.shape[0]
+        if session.live:  # the foundation's conditional rows are the batch's last n
+            found_key, found_value = key[-n:], value[-n:]
+            target = slice(batch - 2 * n, batch - n)
+        else:
+            found_key, found_value = self._recorded(session, key)
+            target = slice(batch - n, batch)
         inside = session.grid_mask(key.shape[2]).to(key.device)  # [n, tokens]
         tokens = inside.any(dim=0).nonzero()[:, 0]
         if tokens.numel() == 0:
             return key, value, bias
-        batch = key.shape[0]
         appended_key = key.new_zeros((batch, key.shape[1], len(tokens), key.shape[3]))
         appended_value = value.new_zeros((batch, value.shape[1], len(tokens), value.shape[3]))
-        appended_key[-n:] = found_key[:, :, tokens].to(key.dtype)
-        appended_value[-n:] = found_value[:, :, tokens].to(value.dtype)
+        appended_key[target] = found_key[:, :, tokens].to(key.dtype)
+        appended_value[target] = found_value[:, :, tokens].to(value.dtype)
         logits = torch.full((batch, len(tokens)), float("-inf"), dtype=query.dtype)
         logits = logits.to(query.device)
-        logits[-n:] = torch.where(inside[:, tokens], session.weight, float("-inf")).to(logits)
+        logits[target] = torch.where(inside[:, tokens], session.weight, float("-inf")).to(logits)
         own = query.new_zeros((batch, key.shape[2]))
         new_bias = torch.cat([own, logits], dim=1)[:, None, None, :]
         if bias is not None:
@@ -232,6 +247,20 @@ class FoundationAwareSelfAttention(Contribution):
             extra = new_bias[..., key.shape[2] :].expand(batch, own_bias.shape[1], -1, -1)
             new_bias = torch.cat([own_bias, extra], dim=-1)
         return torch.cat([key, appended_key], 2), torch.cat([value, appended_value], 2), new_bias
+
+    def _recorded(self, session: FasaSession, key: torch.Tensor):
+        recorded = session.keys_values.get((session.step, self.layer_name))
+        if recorded is None:
+            raise ValueError(
+                f"FASA has no foundation keys for step {session.step} of {self.layer_name}; "
+                "run pass 1 with the same steps and layers before pass 2"
+            )
+        if recorded[0].shape[1:] != key.shape[1:]:
+            raise ValueError(
+                f"foundation keys {list(recorded[0].shape)} at {self.layer_name} do not fit this "
+                f"call's keys {list(key.shape)}; pass 2 must use pass 1's size"
+            )
+        return recorded
 
 
 @dataclass

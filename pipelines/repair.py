@@ -13,25 +13,28 @@
 # limitations under the License.
 """Training-free attribute repair (FreeCure) on the portrait pipelines.
 
-A call runs
+A call makes the personalized images and the *foundation* images (identity off: no identity
+tokens, no FaceID LoRA, no IdentityNet, no W+, no profile LoRA; the caller's
+``foundation_prompt`` has the trigger word replaced by the class word) from the same noise,
+pose/ControlNet images shared. One batch ``[personalized, foundation]`` (per-row identity, mode
+``"batched"``; W+ follows the identity's rows) when nothing else must be switched off; with a
+peft LoRA on the pipeline (which cannot be switched per row), or W+ without identity embeddings,
+the foundation runs as its own call with the LoRA disabled (mode ``"separate"``); with
+``compare=False`` (attributes known beforehand) the foundation runs alone. The caller's **mask
+function** then gets both branches' images and returns, per image, the attributes to repair and
+their masks (``None``: the fallback mask, the foundation's cross-attention map of the
+attribute's words, averaged at 32², normalised, Otsu threshold), and FASA (:mod:`adapters.fasa`)
+repairs them, in one of two ways:
 
-1. **pass 1**: the personalized images and the *foundation* images (identity off: no identity
-   tokens, no FaceID LoRA, no IdentityNet, no W+, no profile LoRA; the caller's
-   ``foundation_prompt`` has the trigger word replaced by the class word) from the same noise,
-   pose/ControlNet images shared. One batch ``[personalized, foundation]`` (per-row identity,
-   mode ``"batched"``; W+ follows the identity's rows) when nothing else must be switched off;
-   with a peft LoRA on the pipeline (which cannot be switched per row), or W+ without identity
-   embeddings, the foundation runs as its own call with the LoRA disabled (mode
-   ``"separate"``); with ``compare=False`` (attributes known beforehand) the foundation runs
-   alone. The foundation's self-attention keys/values in the FASA layers and
-   steps, and its cross-attention maps of the attribute tokens, are recorded;
-2. the caller's **mask function** on the foundation (and personalized) images: per image, the
-   attributes to repair and their masks (``None``: the fallback mask, the foundation's
-   cross-attention map of the attribute's words, averaged at 32², normalised, Otsu threshold);
-3. **pass 2**: the personalized images again with FASA (:mod:`adapters.fasa`) on the masks,
-   reusing the recorded foundation keys/values (only personalized rows run). Steps before
-   FASA's first step are identical to pass 1's, so with a first-order deterministic scheduler
-   (Euler) pass 2 starts from pass 1's latents at that step.
+- **in the run** (``check_step``, mode batched): after that share of the steps the mask function
+  gets the x0 previews (:func:`x0_estimate`, decoded by the VAE) and FASA acts from the next step
+  on in the same batch, the personalized rows reading the foundation rows' keys/values of the
+  same call: one run, nothing recorded;
+- **in pass 2** (default): pass 1 runs to the end recording the foundation's self-attention
+  keys/values in the FASA layers and steps (and its cross-attention maps of the attribute
+  tokens); the mask function gets the final images; pass 2 runs the personalized rows again with
+  FASA on the recorded keys/values. Steps before FASA's first step are identical to pass 1's, so
+  with a first-order deterministic scheduler (Euler) pass 2 starts from pass 1's latents there.
 
 No face library is used here: masks come from the caller (the studio passes one built on its
 face parser).
@@ -96,6 +99,9 @@ REFUSED_ARGUMENTS = {
     "return_dict": "a repair returns a RepairPipelineOutput",
     "denoising_end": "a repair denoises to the end",
 }
+#: An in-run repair decodes its previews at 1/PREVIEW_DOWNSCALE of the image size (cheaper than
+#: the full decode; the masks are resized up, and FASA reads them on token grids of 1/8 or less).
+PREVIEW_DOWNSCALE = 2
 #: Schedulers pass 2 can resume mid-run with (first-order, deterministic, custom timesteps).
 RESUMABLE_SCHEDULERS = ("EulerDiscreteScheduler",)
 
@@ -106,14 +112,18 @@ class RepairPipelineOutput(BaseOutput):
 
     Attributes:
         images: the repaired images (the personalized ones where nothing was repaired).
-        personalized_images: pass 1's personalized images (``None`` with ``compare=False``).
+        personalized_images: pass 1's personalized images (``None`` with ``compare=False``,
+            and when the repair was made in the run: no unrepaired image exists).
         foundation_images: pass 1's foundation images (identity off).
         masks: per image, attribute -> the bool ``[H, W]`` mask it was repaired with.
         mask_sources: per image, attribute -> ``"given"`` (the mask function's),
             ``"attention"`` (the fallback map) or ``"none"`` (no mask: not repaired).
         foundation_mode: ``"batched"`` (one batch with per-row identity) or ``"separate"``
             (the foundation ran as its own call, with the LoRAs off).
-        pass2_start: the step pass 2 started at (``None``: no pass 2, nothing to repair).
+        fasa_start: the step FASA started acting at, in pass 2 or in the run (``None``:
+            nothing repaired).
+        check_step: the step whose x0 previews the mask function saw, the repair then made in
+            the same run (``None``: it saw the final images of pass 1).
     """
 
     images: list[PIL.Image.Image] | np.ndarray
@@ -122,7 +132,8 @@ class RepairPipelineOutput(BaseOutput):
     masks: list[dict[str, np.ndarray]]
     mask_sources: list[dict[str, str]]
     foundation_mode: str
-    pass2_start: int | None
+    fasa_start: int | None
+    check_step: int | None
 
 
 class AttributeRepairMixin:
@@ -160,6 +171,7 @@ class AttributeRepairMixin:
         cross_attention_kwargs: dict[str, Any] | None = None,
         output_type: str = "pil",
         compare: bool = True,
+        check_step: float | None = None,
         **kwargs: Any,
     ) -> RepairPipelineOutput:
         """Generate, find the attributes the identity lost, and repair them.
@@ -180,6 +192,13 @@ class AttributeRepairMixin:
                 (and for ``personalized_images``); ``False`` when the attributes to repair are
                 known: pass 1 is then the foundation alone (``personalized_images`` is ``None``
                 and the mask function gets ``None`` for them).
+            check_step: repair **in the run**: at this fraction of the steps the mask function
+                gets the x0 previews (the images the batch predicts at that step, at half size:
+                its masks are at that size too) instead of the final images, and FASA acts from
+                that step on (within ``fasa``'s range) on the same batch's foundation
+                keys/values: one batched run, no pass 2, no recorded keys. ``None`` (default):
+                check the final images and repair in pass 2. Used when comparing in mode
+                ``"batched"``; otherwise the two passes run.
             kwargs: the portrait pipeline's other arguments (identity, ControlNet, guidance
                 ...), used by both passes.
         """
@@ -217,55 +236,91 @@ class AttributeRepairMixin:
         self._check_fasa_layers(layers)
         self._stack_repair_contributions()
         weight = default_fasa_weight(self.unet) if fasa.weight is None else fasa.weight
+        mode = "separate" if self._foundation_needs_own_call(kwargs) or not compare else "batched"
+        steps = fasa.step_range(num_inference_steps)
+        check = None
+        if check_step is not None:
+            check = self._check_step(check_step, num_inference_steps, steps)
+            check = check if mode == "batched" else None
+        if check is not None:
+            steps = range(max(check, steps.start), steps.stop)
         session = FasaSession(
-            num_images=n, steps=fasa.step_range(num_inference_steps), weight=weight, layers=layers
+            num_images=n, steps=steps, weight=weight, layers=layers, live=check is not None
         )
-
-        # 4. Pass 1: personalized (when compared) and foundation images, the foundation recorded
         token_indices = {
             name: self._token_indices(foundation_prompt, words)
             for name, words in attributes.items()
         }
-        mode = "separate" if self._foundation_needs_own_call(kwargs) or not compare else "batched"
         run = _Passes(self, session, base, cross_attention_kwargs, latents, n)
-        if mode == "batched":
-            personalized, foundation = run.batched(
-                prompt, foundation_prompt, negative_prompt, token_indices
+        found: dict[str, Any] = {}
+
+        def choose(personalized, foundation) -> np.ndarray:
+            """Masks of the mask function at the images' size (previews: smaller), else of the
+            foundation's attention maps, at the output size; their union per image."""
+            given = self._given_masks(mask_function, personalized, foundation, names, n)
+            maps = session.maps.averaged(
+                height // self.vae_scale_factor, width // self.vae_scale_factor
             )
-        else:
-            personalized, foundation = run.separate(
-                prompt if compare else None, foundation_prompt, negative_prompt, token_indices
+            size = foundation.shape[1:3]
+            masks, found["sources"] = _resolve_masks(given, maps, names, *size)
+            found["masks"] = [
+                {name: _resized(mask, height, width) for name, mask in image.items()}
+                for image in masks
+            ]
+            empty = [np.zeros((height, width), dtype=bool)]
+            return np.stack(
+                [np.logical_or.reduce([*image.values()] or empty) for image in found["masks"]]
             )
 
-        # 5. Masks: the caller's, else the foundation's attention maps
-        given = self._given_masks(mask_function, personalized, foundation, names, n)
-        maps = session.maps.averaged(
-            height // self.vae_scale_factor, width // self.vae_scale_factor
-        )
-        masks, sources = _resolve_masks(given, maps, names, height, width)
+        def to_session(union: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(union[:, None]).to(self._execution_device, self.unet.dtype)
 
-        # 6. Pass 2: personalized rows only, FASA on the masks
-        empty = [np.zeros((height, width), dtype=bool)]
-        union = np.stack([np.logical_or.reduce([*image.values()] or empty) for image in masks])
         start = None
-        repaired = personalized
-        if union.any() or personalized is None:  # empty masks: a plain personalized run
-            session.apply(
-                torch.from_numpy(union[:, None]).to(self._execution_device, self.unet.dtype)
-            )
-            repaired, start = run.repair(prompt, negative_prompt)
-            start = start if union.any() else None
+        if check is not None:
+            # 4a. One run: the previews checked at `check`, FASA live from there on
+            def at_check(previews: np.ndarray) -> None:
+                union = choose(previews[:n], previews[n:])
+                session.apply(to_session(union))
+                found["union"] = union
 
-        # 7. Outputs
+            repaired, foundation = run.in_run(
+                prompt, foundation_prompt, negative_prompt, token_indices, check, at_check
+            )
+            if found["union"].any():
+                personalized, start = None, steps.start
+            else:
+                personalized = repaired
+        else:
+            # 4b. Pass 1: personalized (when compared) and foundation images, the foundation
+            # recorded; masks on its final images
+            if mode == "batched":
+                personalized, foundation = run.batched(
+                    prompt, foundation_prompt, negative_prompt, token_indices
+                )
+            else:
+                personalized, foundation = run.separate(
+                    prompt if compare else None, foundation_prompt, negative_prompt, token_indices
+                )
+            union = choose(personalized, foundation)
+
+            # 5. Pass 2: personalized rows only, FASA on the masks
+            repaired = personalized
+            if union.any() or personalized is None:  # empty masks: a plain personalized run
+                session.apply(to_session(union))
+                repaired, start = run.repair(prompt, negative_prompt)
+                start = start if union.any() else None
+
+        # 6. Outputs
         convert = self.image_processor.numpy_to_pil if output_type == "pil" else (lambda x: x)
         return RepairPipelineOutput(
             images=convert(repaired),
             personalized_images=None if personalized is None else convert(personalized),
             foundation_images=convert(foundation),
-            masks=masks,
-            mask_sources=sources,
+            masks=found["masks"],
+            mask_sources=found["sources"],
             foundation_mode=mode,
-            pass2_start=start,
+            fasa_start=start,
+            check_step=check,
         )
 
     def _check_repair_inputs(self, prompt, attributes, output_type, kwargs) -> None:
@@ -285,6 +340,50 @@ class AttributeRepairMixin:
         for name, why in REFUSED_ARGUMENTS.items():
             if name in kwargs:
                 raise TypeError(f"`{name}` cannot be given to a repair: {why}")
+
+    @staticmethod
+    def _check_step(fraction: float, num_steps: int, steps: range) -> int:
+        """The step an in-run repair checks at: ``fraction`` of the steps, at least 1 (a preview
+        needs one denoising step), before FASA's end."""
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"`check_step` is a fraction of the steps in (0, 1), got {fraction}")
+        check = max(1, round(fraction * num_steps))
+        if check >= steps.stop:
+            raise ValueError(
+                f"`check_step` {fraction} is step {check} of {num_steps}, at or after the end of "
+                f"FASA's step range (step {steps.stop}); check earlier or end FASA later"
+            )
+        return check
+
+    @torch.no_grad()
+    def _decode_preview(self, latents: torch.Tensor, downscale: int = PREVIEW_DOWNSCALE):
+        """x0 latents as ``[batch, H / downscale, W / downscale, 3]`` images in ``[0, 1]``: the
+        latents averaged over ``downscale``² cells, then decoded (the VAE in float32 where its
+        config asks, as the pipelines decode)."""
+        if downscale > 1:
+            latents = F.avg_pool2d(latents, downscale)
+        vae = self.vae
+        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+        if upcast:
+            vae.to(dtype=torch.float32)
+        try:
+            mean, std = (
+                getattr(vae.config, "latents_mean", None),
+                getattr(vae.config, "latents_std", None),
+            )
+            latents = latents.to(vae.dtype)
+            if mean is not None and std is not None:
+                shape = (1, -1, 1, 1)
+                mean = torch.tensor(mean).view(shape).to(latents)
+                std = torch.tensor(std).view(shape).to(latents)
+                latents = latents * std / vae.config.scaling_factor + mean
+            else:
+                latents = latents / vae.config.scaling_factor
+            image = vae.decode(latents, return_dict=False)[0]
+        finally:
+            if upcast:
+                vae.to(dtype=torch.float16)
+        return self.image_processor.postprocess(image, output_type="np")
 
     def _stack_repair_contributions(self) -> None:
         """FASA on every self-attention layer and the map recorder on every cross-attention
@@ -365,22 +464,25 @@ class _Passes:
     def _state(self, inputs) -> dict[str, Any]:
         return {**self.kwargs, STATE_KEY: AttentionCallState(inputs=inputs)}
 
-    def _callback(self, offset: int, keep: slice | None):
-        """Counts steps for the session; with ``keep``, keeps the latents at FASA's start."""
+    def _callback(self, offset: int, keep: slice | None, at_step: Callable | None):
+        """Counts steps for the session; with ``keep``, keeps the latents at FASA's start; calls
+        ``at_step`` with each step reached."""
         session, first = self.session, self.session.steps.start
 
         def on_step(pipe, step, timestep, tensors):
             session.step = offset + step + 1
             if keep is not None and session.step == first:
                 self.resume_latents = tensors["latents"][keep].clone()
+            if at_step is not None:
+                at_step(session.step)
             return {}
 
         return on_step
 
-    def _call(self, offset=0, keep=None, **call):
+    def _call(self, offset=0, keep=None, at_step=None, **call):
         self.session.step = offset
         return self.pipe_call(
-            callback_on_step_end=self._callback(offset, keep),
+            callback_on_step_end=self._callback(offset, keep, at_step),
             callback_on_step_end_tensor_inputs=["latents"],
             **call,
         )
@@ -397,24 +499,55 @@ class _Passes:
             }
         )
 
-    def batched(self, prompt, foundation_prompt, negative_prompt, token_indices):
-        """One call on the batch ``[personalized, foundation]``, identity on the first rows."""
+    def _batched_call(self, prompt, foundation_prompt, negative_prompt) -> dict[str, Any]:
+        """The call on the batch ``[personalized, foundation]``, identity on the first rows."""
         n = self.n
-        tokens = self.pipe._foundation_embeds(foundation_prompt, n)
         call = dict(self.base)
         if call.get("identity_embeds") is not None:
             call["identity_rows"] = [True] * n + [False] * n
         wplus = call.get("wplus")
         if isinstance(wplus, torch.Tensor) and wplus.ndim == 3 and len(wplus) == n > 1:
             call["wplus"] = torch.cat([wplus, wplus])  # one W+ per image of both branches
-        images = self._call(
-            keep=slice(0, n),
+        call.update(
             prompt=[prompt] * n + [foundation_prompt] * n,
             negative_prompt=None if negative_prompt is None else [negative_prompt] * 2 * n,
             latents=torch.cat([self.latents, self.latents]),
-            cross_attention_kwargs=self._recording_state(tokens, token_indices),
-            **call,
         )
+        return call
+
+    def batched(self, prompt, foundation_prompt, negative_prompt, token_indices):
+        """Pass 1 as one call on ``[personalized, foundation]``, the foundation recorded."""
+        n = self.n
+        tokens = self.pipe._foundation_embeds(foundation_prompt, n)
+        images = self._call(
+            keep=slice(0, n),
+            cross_attention_kwargs=self._recording_state(tokens, token_indices),
+            **self._batched_call(prompt, foundation_prompt, negative_prompt),
+        )
+        return images[:n], images[n:]
+
+    def in_run(self, prompt, foundation_prompt, negative_prompt, token_indices, check, at_check):
+        """One call on ``[personalized, foundation]``: after step ``check - 1``,
+        ``at_check(previews)`` gets both branches' x0 previews ``[2n, H, W, 3]`` (and switches the
+        live session on); FASA then acts in the same run."""
+        pipe, n = self.pipe, self.n
+        tokens = pipe._foundation_embeds(foundation_prompt, n)
+        preview = _Preview(pipe, self.session, check - 1)
+
+        def at_step(step: int) -> None:
+            if step == check:
+                at_check(pipe._decode_preview(preview.latents))
+                preview.latents = None
+
+        handle = pipe.unet.register_forward_hook(preview, with_kwargs=True)
+        try:
+            images = self._call(
+                at_step=at_step,
+                cross_attention_kwargs=self._recording_state(tokens, token_indices),
+                **self._batched_call(prompt, foundation_prompt, negative_prompt),
+            )
+        finally:
+            handle.remove()
         return images[:n], images[n:]
 
     def separate(self, prompt, foundation_prompt, negative_prompt, token_indices):
@@ -485,6 +618,57 @@ class _Passes:
             and self.resume_latents is not None
             and all(self.base.get(k) is None for k in (*step_relative, "sigmas"))
         )
+
+
+class _Preview:
+    """A UNet forward hook keeping, at one step, the guided x0 prediction of the batch's
+    conditional rows (``[2n, ...]``: personalized, then foundation)."""
+
+    def __init__(self, pipe, session: FasaSession, step: int):
+        self.pipe, self.session, self.step = pipe, session, step
+        self.latents: torch.Tensor | None = None
+
+    def __call__(self, module, args, kwargs, output):
+        if self.session.step != self.step:
+            return
+        sample = args[0] if args else kwargs["sample"]
+        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        prediction = output[0] if isinstance(output, tuple) else output.sample
+        if self.pipe.do_classifier_free_guidance:
+            uncond, cond = prediction.chunk(2)
+            prediction = uncond + self.pipe.guidance_scale * (cond - uncond)
+            sample = sample.chunk(2)[1]
+        self.latents = x0_estimate(self.pipe.scheduler, sample, timestep, prediction)
+
+
+def x0_estimate(scheduler, sample, timestep, prediction) -> torch.Tensor:
+    """The clean latents a denoiser ``prediction`` implies for its (scaled) model input
+    ``sample`` at ``timestep``, by the scheduler's ``alphas_cumprod`` (interpolated for
+    fractional timesteps) and prediction type; sigma schedulers' scaled inputs are on the same
+    scale (``x / sqrt(sigma^2 + 1)``)."""
+    alphas = scheduler.alphas_cumprod.float()
+    t = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
+    low = min(int(t), len(alphas) - 1)
+    high = min(low + 1, len(alphas) - 1)
+    alpha = alphas[low] + (alphas[high] - alphas[low]) * (t - low)
+    a, b = alpha.sqrt(), (1 - alpha).sqrt()
+    sample, prediction = sample.float(), prediction.float()
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (sample - b * prediction) / a
+    if kind == "v_prediction":
+        return a * sample - b * prediction
+    if kind == "sample":
+        return prediction
+    raise ValueError(f"no x0 preview for the scheduler's prediction type {kind!r}")
+
+
+def _resized(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A bool mask at ``height x width`` (nearest neighbour)."""
+    if mask.shape == (height, width):
+        return mask
+    resized = F.interpolate(torch.from_numpy(mask)[None, None].float(), (height, width))
+    return resized[0, 0].numpy() > 0.5
 
 
 def _resolve_masks(given, maps, names, height, width):

@@ -22,15 +22,14 @@ from studio.errors import ModelUnavailableError
 from studio.faces.bisenet_io import INPUT_SIZE, bisenet_crop, bisenet_input, parsing_from_logits
 from studio.faces.parsing import CLASSES, FaceParsing
 from studio.faces.types import Face, check_rgb
-from studio.models.catalog import ModelSet, load_catalog
+from studio.models.catalog import ModelSet
+from studio.models.resolver import find_optional
 from studio.settings import Settings
 from studio.stages import FaceParser
 
 logger = logging.getLogger(__name__)
 
 COMPONENT = "face_parser"
-FALLBACK_SET = "sd15"
-"""The catalog set whose ``face_parser`` serves sets without one (the tiny sets)."""
 
 
 class BiSeNetFaceParser:
@@ -79,15 +78,8 @@ def face_parser_for(settings: Settings, model_set: ModelSet) -> FaceParser:
     """BiSeNet (torch for ``.pth``, onnxruntime for ``.onnx``) when the ``face_parser`` file is
     local, else the mesh parser. A present but broken file is an error naming it."""
     from studio.faces.mesh_parser import MeshFaceParser
-    from studio.models.resolver import ModelResolver
 
-    path = settings.weights.get(f"{model_set.name}.{COMPONENT}") or settings.weights.get(COMPONENT)
-    if path is None:
-        owner = model_set
-        if COMPONENT not in model_set.components:
-            owner = load_catalog().get(FALLBACK_SET, model_set)
-        if COMPONENT in owner.components:
-            path = ModelResolver(settings).find_local(owner, COMPONENT)
+    path = find_optional(settings, model_set, COMPONENT)
     if path is None:
         logger.info("no BiSeNet face parser file: parsing faces with the mesh polygons")
         return MeshFaceParser()

@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 
 import studio.stagelib  # noqa: F401  (registers the built-in stages)
+from studio.clip_check import ClipScorer, clip_scorer_for
 from studio.errors import StudioError
 from studio.face_parsers import face_parser_for
 from studio.faces.analyzer import DEFAULT_ENCODER, FaceAnalyzer, analyzer_from_settings
@@ -126,6 +127,7 @@ class Studio:
         self.model_set = select_model_set(models)
         self.host = PipelineHost(settings)
         self._face_parser: FaceParser | None = None
+        self._clip: tuple[ClipScorer | None] | None = None
         self.styles: dict[str, StylePreset] = load_styles(user_dir=user_styles_dir(settings))
         self._stages: dict[str, Stage] = {}
         self._analyzers: dict[tuple[str, ...], FaceAnalyzer] = {}
@@ -146,6 +148,7 @@ class Studio:
                 self.model_set = model_set
                 self.wplus = self._wplus_models()
                 self._face_parser = None
+                self._clip = None
 
     def pipeline(self):
         """The model set's identity pipeline, loaded on first use."""
@@ -158,6 +161,15 @@ class Studio:
             if self._face_parser is None:
                 self._face_parser = face_parser_for(self.settings, self.model_set)
             return self._face_parser
+
+    @property
+    def clip_scorer(self) -> ClipScorer | None:
+        """CLIP for the repair's attribute check when its weights are local, else ``None``;
+        looked up once."""
+        with self._faces_lock:
+            if self._clip is None:
+                self._clip = (clip_scorer_for(self.settings, self.model_set),)
+            return self._clip[0]
 
     # Faces and profiles
 
@@ -500,6 +512,7 @@ class Studio:
         lora = identity.lora
         with self._faces_lock:
             analyzer, parser = self.analyzer(self.scoring_encoder()), self.face_parser
+            clip = self.clip_scorer
 
         def faces(rgb):
             with self._faces_lock:
@@ -518,6 +531,7 @@ class Studio:
             ),
             faces=faces,
             parser=parser,
+            clip=clip,
         )
 
     def _stage(self, name: str) -> Stage:

@@ -3,23 +3,31 @@ only those, and report each.
 
 For a request with ``repair`` on, the studio generates through the derived ``"repair"`` pipeline
 (:mod:`pipelines.repair`, registered here with :func:`~studio.host.register_derived` for both
-families) instead of the plain one. Its pass 1 makes the personalized image and the *foundation*
-image (identity and profile LoRA off, the LoRA's trigger word replaced by its class word) from
-the same noise; :class:`AttributeChecker`, the pipeline's mask function, then parses both faces
-(the studio's face parser: BiSeNet when installed, else the mesh parser) and compares, per
-attribute named in the prompt (:func:`studio.faces.keywords.attributes_in`):
+families) instead of the plain one. It makes the personalized image and the *foundation* image
+(identity and profile LoRA off, the LoRA's trigger word replaced by its class word) from the
+same noise; :class:`AttributeChecker`, the pipeline's mask function, parses both faces (the
+studio's face parser: BiSeNet when installed, else the mesh parser) and compares, per attribute
+named in the prompt (:func:`studio.faces.keywords.attributes_in`):
 
 - the foundation shows it and the personalized image does too (area at least
   ``MIN_AREA_SHARE`` of the foundation's, covering ``MIN_OVERLAP`` of its pixels, mean colour
   within ``MAX_COLOUR_DISTANCE``): **found**, left alone;
 - otherwise: **repaired** by FASA on the foundation's parser mask;
 - no face parsed, or the parser cannot tell the attribute's classes, or the foundation does not
-  show it either: **could not check**, left alone (``auto``). Attributes asked for by name
-  (``--repair hair,glasses``) are repaired without a check, on the parser's mask where it has one,
-  else on the foundation's cross-attention map of the attribute's words.
+  show it either: **could not check**, left alone.
 
-A CLIP text-image score would add a check for attributes the parser has no class for; the
-model sets carry no CLIP vision-text pair, so none is computed. The report (per attribute:
+``auto`` checks the x0 previews at :data:`CHECK_STEP` of the steps and repairs in the same
+batched run (FASA from that step on), then checks the final images for the report: an attribute
+the previews did not show missing but the final images do is reported **missing** (not
+repaired). With a profile LoRA (the foundation in its own call) it checks the final images and
+repairs in a second pass. Attributes asked for by name (``--repair hair,glasses``) are repaired
+without a check (the foundation alone, then pass 2), on the parser's mask where it has one, else
+on the foundation's cross-attention map of the attribute's words.
+
+Attributes the parser has no class for (the mesh parser's glasses, hat, earrings, necklace) are
+checked by CLIP where its weights are present (:mod:`studio.clip_check`): missing when the
+portrait's score for the prompt's words falls more than ``CLIP_MARGIN`` below the foundation's,
+then repaired on the attention mask. The report (per attribute:
 status, detail, mask source) goes into the sidecar under ``repair``; the foundation image is
 saved beside the portrait with its own provenance, each sidecar naming the other.
 """
@@ -28,7 +36,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,8 +44,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from studio.clip_check import CAPTION
 from studio.errors import StudioError
 from studio.faces.keywords import attribute_mask, attribute_of, attributes_in
+from studio.faces.mesh_parser import FaceParseError
 from studio.faces.parsing import FaceParsing, ParsingError
 from studio.families import BaseFamily
 from studio.fileio import atomic_write_text
@@ -46,6 +56,10 @@ from studio.outputs import GenerationRecord, save_image
 
 REPAIR_OFF, REPAIR_AUTO = "off", "auto"
 FOUND, REPAIRED, UNCHECKED = "found", "repaired", "could not check"
+MISSING = "missing"
+"""Found missing after generation though the previews did not show it missing: not repaired."""
+CHECK_STEP = 0.3
+"""``--repair auto`` checks the previews at this fraction of the steps and repairs in the run."""
 MIN_AREA_SHARE = 0.5
 """Below this share of the foundation's attribute area, the personalized image lacks it."""
 MIN_OVERLAP = 0.3
@@ -54,6 +68,10 @@ MAX_COLOUR_DISTANCE = 0.2
 """Largest distance of the two attributes' mean RGB colours (in [0, 1]) to count as found."""
 MIN_AREA = 0.001
 """Smallest attribute area, as a share of the image, that counts as shown."""
+CLIP_MARGIN = 0.02
+"""Largest drop of the portrait's CLIP cosine score below the foundation's that counts as found
+(ViT-L/14 scores of matching image-text pairs lie around 0.2-0.35; a default, not calibrated on
+real weights here)."""
 
 
 def _repair_pipeline_class(family: BaseFamily) -> type:
@@ -115,14 +133,16 @@ class RepairReport:
     checks: tuple[AttributeCheck, ...]
     foundation_prompt: str
     foundation_mode: str  #: ``batched`` or ``separate`` (the LoRA off in its own call)
-    pass2_start: int | None  #: step pass 2 started at; ``None``: nothing repaired
+    fasa_start: int | None  #: step FASA started acting at; ``None``: nothing repaired
+    check_step: int | None  #: step whose previews were checked; ``None``: the final images
 
     def sidecar(self) -> dict[str, Any]:
         return {
             "attributes": [asdict(check) for check in self.checks],
             "foundation_prompt": self.foundation_prompt,
             "foundation_mode": self.foundation_mode,
-            "pass2_start": self.pass2_start,
+            "fasa_start": self.fasa_start,
+            "check_step": self.check_step,
         }
 
     def lines(self) -> list[str]:
@@ -154,12 +174,29 @@ class AttributeChecker:
         faces: RGB image -> faces found, largest first (the scoring analyzer's ``analyze``).
         parser: the studio's face parser.
         forced: attributes asked for by name, repaired without a check.
+        clip: CLIP scores (:class:`~studio.clip_check.ClipScorer`) for the attributes the
+            parser cannot tell; ``None``: those could not be checked.
+        words: attribute -> the prompt's words for it, which CLIP scores (the name by default).
+        clip_margin: how far the portrait's CLIP score may fall below the foundation's before
+            the attribute counts as missing.
     """
 
-    def __init__(self, faces: Callable, parser, forced: Sequence[str] = ()):
+    def __init__(
+        self,
+        faces: Callable,
+        parser,
+        forced: Sequence[str] = (),
+        *,
+        clip=None,
+        words: Mapping[str, str] | None = None,
+        clip_margin: float = CLIP_MARGIN,
+    ):
         self.faces = faces
         self.parser = parser
         self.forced = set(forced)
+        self.clip = clip
+        self.words = dict(words or {})
+        self.clip_margin = clip_margin
         self.checks: list[dict[str, AttributeCheck]] = []
 
     def __call__(self, personalized, foundation, names) -> list[dict[str, np.ndarray | None]]:
@@ -168,45 +205,70 @@ class AttributeChecker:
         self.checks = []
         masks = []
         for index, theirs in enumerate(foundation):
-            mine = None if personalized is None else np.asarray(personalized[index])
-            checks, chosen = self._image(mine, np.asarray(theirs), names)
+            mine = None if personalized is None else personalized[index]
+            checks, chosen = {}, {}
+            for name, (check, mask) in self._compare(mine, theirs, names).items():
+                if name in self.forced and check.status != REPAIRED:
+                    mask = mask if check.status == FOUND else None
+                    check = replace(check, status=REPAIRED, detail=f"asked for ({check.detail})")
+                checks[name] = check
+                if check.status == REPAIRED:
+                    chosen[name] = mask
             self.checks.append(checks)
             masks.append(chosen)
         return masks
 
-    def _parse(self, rgb: np.ndarray) -> FaceParsing | None:
-        faces = self.faces(rgb)
-        return self.parser.parse(rgb, faces[0]) if faces else None
+    def after(self, images, foundation, names, step: int) -> list[dict[str, AttributeCheck]]:
+        """The checks made on previews at ``step`` (:attr:`checks`), completed by a check of the
+        final images: a repaired attribute stays repaired (the detail says how it ended); one
+        the previews could not check or found is found or **missing** as the final images
+        show it."""
+        out = []
+        for index, theirs in enumerate(foundation):
+            final = self._compare(images[index], theirs, names)
+            out.append(
+                {name: _after(self.checks[index][name], final[name][0], step) for name in names}
+            )
+        return out
 
-    def _image(self, mine: np.ndarray, theirs: np.ndarray, names):
-        found_parsing = self._parse(theirs)
+    def _parse(self, rgb: np.ndarray, whose: str) -> FaceParsing | str:
+        """The largest face's parsing, or why there is none."""
+        faces = self.faces(rgb)
+        if not faces:
+            return f"no face found in {whose}"
+        try:
+            return self.parser.parse(rgb, faces[0])
+        except FaceParseError as exc:
+            return f"the face in {whose} could not be parsed: {exc}"
+
+    def _compare(self, mine, theirs, names) -> dict[str, tuple[AttributeCheck, np.ndarray | None]]:
+        """Per attribute, the check of ``mine`` (``None``: not compared) against ``theirs``
+        (``REPAIRED``: missing) and the foundation's mask."""
+        theirs = np.asarray(theirs)
+        mine = None if mine is None else np.asarray(mine)
+        found_parsing = self._parse(theirs, "the foundation image")
         mine_parsing = None
-        if found_parsing is not None and mine is not None:
-            mine_parsing = self._parse(mine)
-        checks, chosen = {}, {}
-        for name in names:
-            check, mask = self._attribute(name, mine, theirs, mine_parsing, found_parsing)
-            if name in self.forced and check.status != REPAIRED:
-                mask = mask if check.status == FOUND else None
-                check = replace(check, status=REPAIRED, detail=f"asked for ({check.detail})")
-            checks[name] = check
-            if check.status == REPAIRED:
-                chosen[name] = mask
-        return checks, chosen
+        if not isinstance(found_parsing, str) and mine is not None:
+            mine_parsing = self._parse(mine, "the portrait")
+        return {
+            name: self._attribute(name, mine, theirs, mine_parsing, found_parsing) for name in names
+        }
 
     def _attribute(self, name, mine, theirs, mine_parsing, found_parsing):
-        if found_parsing is None:
-            return AttributeCheck(name, UNCHECKED, "no face found in the foundation image"), None
+        if isinstance(found_parsing, str):
+            return AttributeCheck(name, UNCHECKED, found_parsing), None
         theirs_mask = attribute_mask(found_parsing, name)
         if theirs_mask is None:
+            if self.clip is not None and mine is not None:
+                return self._clip_check(name, mine, theirs), None
             detail = f"the {found_parsing.parser} parser cannot tell {name}"
             return AttributeCheck(name, UNCHECKED, detail), None
         if theirs_mask.mean() < MIN_AREA:
             return AttributeCheck(name, UNCHECKED, "the foundation image does not show it"), None
         if mine is None:
             return AttributeCheck(name, FOUND, "not compared"), theirs_mask
-        if mine_parsing is None:
-            return AttributeCheck(name, UNCHECKED, "no face found in the portrait"), None
+        if isinstance(mine_parsing, str):
+            return AttributeCheck(name, UNCHECKED, mine_parsing), None
         mine_mask = attribute_mask(mine_parsing, name)
         area = mine_mask.sum() / theirs_mask.sum()
         overlap = (mine_mask & theirs_mask).sum() / theirs_mask.sum()
@@ -217,6 +279,34 @@ class AttributeChecker:
         detail = f"area {area:.2f} of the foundation's, overlap {overlap:.2f}, colour {colour:.2f}"
         missing = area < MIN_AREA_SHARE or overlap < MIN_OVERLAP or colour > MAX_COLOUR_DISTANCE
         return AttributeCheck(name, REPAIRED if missing else FOUND, detail), theirs_mask
+
+    def _clip_check(self, name: str, mine: np.ndarray, theirs: np.ndarray) -> AttributeCheck:
+        """Missing when the portrait's CLIP score for the attribute's words falls more than
+        the margin below the foundation's (repaired on the attention mask: no parser mask)."""
+        text = CAPTION.format(words=self.words.get(name, name))
+        mine_score, theirs_score = self.clip.scores([mine, theirs], text)
+        detail = f"CLIP {mine_score:.3f} vs the foundation's {theirs_score:.3f} for {text!r}"
+        missing = theirs_score - mine_score > self.clip_margin
+        return AttributeCheck(name, REPAIRED if missing else FOUND, detail)
+
+
+def _after(preview: AttributeCheck, final: AttributeCheck, step: int) -> AttributeCheck:
+    """One attribute's report from its preview check and its final check."""
+    if preview.status == REPAIRED:
+        return replace(preview, detail=f"at step {step}: {preview.detail}; after: {final.detail}")
+    if final.status == REPAIRED:
+        detail = (
+            f"after generation: {final.detail}; at step {step}: {preview.detail}; repair it by "
+            f"name (--repair {preview.attribute})"
+        )
+        return replace(preview, status=MISSING, detail=detail)
+    if final.status == FOUND:
+        return replace(
+            final, detail=f"{final.detail} after generation; at step {step}: {preview.detail}"
+        )
+    if final.detail == preview.detail:
+        return replace(preview, detail=f"{preview.detail} (at step {step} and after generation)")
+    return replace(preview, detail=f"at step {step}: {preview.detail}; after: {final.detail}")
 
 
 def generate_repaired(
@@ -230,15 +320,16 @@ def generate_repaired(
     foundation_prompt: str,
     faces: Callable,
     parser,
+    clip=None,
 ) -> list[RepairedImage]:
     """Run the derived repair pipeline on the studio's generation ``call`` (one prompt per
     seed); one :class:`RepairedImage` per seed. With ``forced`` (attributes the user named)
     pass 1 makes the foundation images alone: nothing is compared."""
     repair_pipe = host.derived("repair")
-    checker = AttributeChecker(faces, parser, forced)
+    words = {name: attribute_words(user_prompt, name) for name in attributes}
+    checker = AttributeChecker(faces, parser, forced, clip=clip, words=words)
     prompts = call.pop("prompt")
     negative = call.pop("negative_prompt", None)
-    words = {name: attribute_words(user_prompt, name) for name in attributes}
     out = run_pipeline(
         repair_pipe,
         host.settings,
@@ -249,14 +340,20 @@ def generate_repaired(
         attributes=words,
         mask_function=checker,
         compare=not forced,
+        check_step=None if forced else CHECK_STEP,
         **call,
     )
+    checks_per_image = checker.checks
+    if out.check_step is not None:
+        checks_per_image = checker.after(
+            out.images, out.foundation_images, attributes, out.check_step
+        )
     results = []
     for index, image in enumerate(out.images):
         sources = out.mask_sources[index]
         checks = []
         for name in attributes:
-            check = checker.checks[index][name]
+            check = checks_per_image[index][name]
             source = sources.get(name)
             if source == "given":
                 check = replace(check, mask="parser")
@@ -270,7 +367,8 @@ def generate_repaired(
             tuple(checks),
             foundation_prompt,
             out.foundation_mode,
-            out.pass2_start if any(c.status == REPAIRED for c in checks) else None,
+            out.fasa_start if any(c.status == REPAIRED for c in checks) else None,
+            out.check_step,
         )
         masks = {
             f"repair.{name}": Image.fromarray(mask.astype(np.uint8) * 255, mode="L")

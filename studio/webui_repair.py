@@ -69,11 +69,13 @@ def repair_view(files: Sequence[str]) -> tuple[str, webui.Gallery]:
     lines, gallery = [], []
     for file in files:
         path = Path(file)
-        repair = json.loads(path.with_suffix(".json").read_text(encoding="utf-8")).get("repair")
+        sidecar = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        repair, seed = sidecar.get("repair"), sidecar.get("seed")
         if not repair:
             continue
-        seed = path.stem.rsplit("-", 1)[-1]
-        lines.append(f"**Seed {seed}** (foundation: {repair['foundation_mode']})")
+        checked = repair.get("check_step")
+        when = "" if checked is None else f"; checked on the previews at step {checked}"
+        lines.append(f"**Seed {seed}** (foundation: {repair['foundation_mode']}{when})")
         for check in repair["attributes"]:
             mask = f" ({check['mask']} mask)" if check.get("mask") else ""
             lines.append(f"- {check['attribute']}: **{check['status']}**{mask}: {check['detail']}")

@@ -18,6 +18,7 @@ from studio.faces.keywords import attribute_mask
 from studio.orchestrator import PortraitRequest
 from studio.repair import (
     FOUND,
+    MISSING,
     REPAIRED,
     UNCHECKED,
     AttributeChecker,
@@ -43,14 +44,17 @@ def test_the_cli_runs_the_loop_and_reports_each_attribute(studio, capsys):
     assert main([*argv, "--repair", "auto"]) == 0
     path, report = portrait_lines(capsys.readouterr().out)
     # the tiny set draws no face: nothing could be checked, so nothing was repaired
+    # (checked on the previews at 30 % of the steps: step 1 of 2, and on the final images)
+    unchecked = "could not check - no face found in the foundation image (at step 1 and after"
     assert report == [
-        "repair hair: could not check - no face found in the foundation image",
-        "repair glasses: could not check - no face found in the foundation image",
+        f"repair hair: {unchecked} generation)",
+        f"repair glasses: {unchecked} generation)",
     ]
     sidecar = json.loads(path.with_suffix(".json").read_text())
     repair = sidecar["repair"]
     assert [a["status"] for a in repair["attributes"]] == [UNCHECKED, UNCHECKED]
-    assert repair["foundation_mode"] == "batched" and repair["pass2_start"] is None
+    assert repair["foundation_mode"] == "batched" and repair["fasa_start"] is None
+    assert repair["check_step"] == 1
     foundation = path.with_name(repair["foundation_image"])
     linked = json.loads(foundation.with_suffix(".json").read_text())
     assert linked["role"] == "foundation" and linked["foundation_of"] == path.name
@@ -64,7 +68,8 @@ def test_the_cli_runs_the_loop_and_reports_each_attribute(studio, capsys):
         "repair glasses: repaired (attention mask)",
     ]
     sidecar = json.loads(path.with_suffix(".json").read_text())
-    assert sidecar["repair"]["pass2_start"] == 0
+    assert sidecar["repair"]["fasa_start"] == 0  # named: pass 2 with FASA at every step
+    assert sidecar["repair"]["check_step"] is None
     assert set(sidecar["masks"]) == {"repair.hair", "repair.glasses"}
     assert Image.open(path.with_name(sidecar["masks"]["repair.hair"])).mode == "L"
 
@@ -99,6 +104,39 @@ def test_the_checker_on_real_portraits_through_the_mesh_parser(studio, faces_dir
     masks = checker([Image.fromarray(recoloured)], [Image.fromarray(photo)], ("hair",))
     assert checker.checks[0]["hair"].status == REPAIRED
     np.testing.assert_array_equal(masks[0]["hair"], hair)  # repaired on the foundation's hair
+
+
+def test_the_final_check_completes_the_preview_check(studio, faces_dir):
+    """``auto`` decides on the previews and reports with the final images as well."""
+    photo = Image.open(faces_dir / "person_a_1.jpg").convert("RGB")
+    analyzer = studio.analyzer(studio.scoring_encoder())
+    hair = attribute_mask(
+        studio.face_parser.parse(np.asarray(photo), analyzer.analyze(np.asarray(photo))[0]), "hair"
+    )
+    recoloured = np.asarray(photo).copy()
+    recoloured[hair] = (30, 200, 40)
+    recoloured = Image.fromarray(recoloured)
+    blank = Image.new("RGB", photo.size, (128, 128, 128))
+    checker = AttributeChecker(analyzer.analyze, studio.face_parser)
+
+    # the previews miss the hair: repaired in the run; the report says how it ended
+    checker([recoloured], [photo], ("hair",))
+    (after,) = checker.after([photo], [photo], ("hair",), step=9)
+    assert after["hair"].status == REPAIRED
+    assert after["hair"].detail.startswith("at step 9: area") and "; after: area 1.00" in (
+        after["hair"].detail
+    )
+    # the previews showed it, the final portrait lost it: missing, with the way to repair it
+    checker([photo], [photo], ("hair",))
+    (after,) = checker.after([recoloured], [photo], ("hair",), step=9)
+    assert after["hair"].status == MISSING
+    assert after["hair"].detail.endswith("repair it by name (--repair hair)")
+    # the previews showed no face; the final images can be compared
+    checker([blank], [blank], ("hair",))
+    assert checker.checks[0]["hair"].status == UNCHECKED
+    (after,) = checker.after([photo], [photo], ("hair",), step=9)
+    assert after["hair"].status == FOUND
+    assert after["hair"].detail.endswith("at step 9: no face found in the foundation image")
 
 
 def test_repair_choices_and_prompt_words():

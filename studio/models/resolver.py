@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from studio.errors import ModelUnavailableError
-from studio.models.catalog import Component, ModelSet
+from studio.models.catalog import Component, ModelSet, load_catalog
 from studio.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -170,3 +170,20 @@ class ModelResolver:
             f"{places}, or pass --weights {comp.name}=PATH, or run "
             f"`python -m studio models fetch {model_set.name}` on a machine with hub access"
         )
+
+
+def find_optional(
+    settings: Settings, model_set: ModelSet, name: str, fallback: str = "sd15"
+) -> Path | None:
+    """An optional component's local path: a ``--weights NAME=PATH`` override, else the set's
+    own component, else the ``fallback`` set's (for sets without it, such as the tiny ones);
+    ``None`` when none is on this machine. Nothing is downloaded."""
+    path = settings.weights.get(f"{model_set.name}.{name}") or settings.weights.get(name)
+    if path is not None:
+        return path
+    owner = model_set
+    if name not in model_set.components:
+        owner = load_catalog().get(fallback, model_set)
+    if name not in owner.components:
+        return None
+    return ModelResolver(settings).find_local(owner, name)

@@ -25,6 +25,7 @@ from pipelines.repair import (
     PortraitRepairXLPipeline,
     attention_mask,
     otsu_threshold,
+    x0_estimate,
 )
 from studio.models.tiny import built_path
 
@@ -45,8 +46,11 @@ def top_mask(size: int = 64, rows: int = 24) -> np.ndarray:
 
 
 def given_top(personalized, foundation, names):
-    """A mask function: the top rows for hair, the attention fallback for the others."""
-    return [{"hair": top_mask(), **{n: None for n in names if n != "hair"}} for _ in foundation]
+    """A mask function: the top 3/8 of the image for hair, the attention fallback for the
+    others (masks at the images' size: the output's, or the previews' in the run)."""
+    size = foundation[0].size[0]
+    hair = top_mask(size, rows=size * 3 // 8)
+    return [{"hair": hair, **{n: None for n in names if n != "hair"}} for _ in foundation]
 
 
 def repair(pipe, steps: int = 3, **kwargs):
@@ -165,6 +169,49 @@ def test_pass_2_needs_pass_1_records(fasa_on):
         unet_call(pipe, session, batch=1, rows=(True,))
 
 
+def test_a_live_session_takes_the_foundation_rows_of_the_same_call(fasa_on):
+    """In-run FASA: batch ``[personalized, foundation]``; the personalized row attends to the
+    foundation row's masked keys of this very call, the foundation row is left as it was."""
+    pipe, layers = fasa_on
+    session = FasaSession(num_images=1, steps=range(0, 1), weight=0.5, layers=layers, live=True)
+    without = unet_call(pipe, None, batch=2, seed=2)
+    recording = unet_call(pipe, session, batch=2, seed=2)
+    torch.testing.assert_close(recording, without, rtol=0, atol=0)  # nothing kept, nothing done
+    assert session.keys_values == {}
+    session.apply(torch.from_numpy(top_mask())[None, None].float())
+    assert session.step == 0  # a live session goes on from its step
+    live = unet_call(pipe, session, batch=2, seed=2)
+    torch.testing.assert_close(live[1], without[1], rtol=0, atol=1e-6)  # foundation untouched
+    assert (live[0] - without[0]).abs().max() > 1e-4
+    session.apply(torch.zeros(1, 1, 64, 64))
+    torch.testing.assert_close(unet_call(pipe, session, batch=2, seed=2), without, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("name", ["DDIMScheduler", "EulerDiscreteScheduler"])
+def test_x0_previews_match_the_schedulers_own_prediction(name, kind):
+    import diffusers
+
+    config = {"prediction_type": kind, "timestep_spacing": "leading"}
+    if name == "DDIMScheduler":
+        config["clip_sample"] = False  # as Stable Diffusion configures it
+    scheduler = getattr(diffusers, name)(**config)
+    scheduler.set_timesteps(10)
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 8, 8, generator=generator) * scheduler.init_noise_sigma
+    prediction = torch.randn(2, 4, 8, 8, generator=generator)
+    for t in scheduler.timesteps[:3]:
+        model_input = scheduler.scale_model_input(latents, t)
+        step = scheduler.step(prediction, t, latents)
+        torch.testing.assert_close(
+            x0_estimate(scheduler, model_input, t, prediction),
+            step.pred_original_sample,
+            rtol=1e-4,
+            atol=1e-4,
+        )
+        latents = step.prev_sample
+
+
 def test_published_layer_choice(sd15_faceid, sdxl_faceid):
     for pipe in (sd15_faceid, sdxl_faceid):
         layers = self_attention_layers(pipe.unet)
@@ -185,7 +232,7 @@ def test_repair_runs_both_branches_in_one_batch(name, request):
     out_plain = plain(pipe)
     out = repair(derived(pipe), **identity(pipe))
     assert out.foundation_mode == "batched"
-    assert out.pass2_start == 0
+    assert out.fasa_start == 0
     # the branches are the identity run and the plain run from the same noise
     np.testing.assert_allclose(
         out.personalized_images, plain(pipe, **identity(pipe)), atol=ROW_TOLERANCE
@@ -198,6 +245,67 @@ def test_repair_runs_both_branches_in_one_batch(name, request):
     # FASA stays stacked on the shared UNet, inert outside a repair
     assert pipe.attention_contributions() == ["identity", "fasa", "fasa-maps"]
     np.testing.assert_array_equal(plain(pipe), out_plain)
+
+
+def count_unet_calls(pipe) -> list[int]:
+    """Batch sizes of the UNet's calls from now on (the hook stays on the test's pipeline)."""
+    sizes: list[int] = []
+    pipe.unet.register_forward_hook(lambda module, args, output: sizes.append(len(args[0])))
+    return sizes
+
+
+@pytest.mark.parametrize("name", ["sd15_faceid", "sdxl_faceid", "sdxl_instantid"])
+def test_an_in_run_repair_checks_previews_and_repairs_in_the_same_run(name, request):
+    pipe = request.getfixturevalue(name)
+    two_pass = repair(derived(pipe), steps=4, **identity(pipe))
+    seen = []
+
+    def masks(personalized, foundation, names):
+        seen.append((len(personalized), len(foundation), personalized[0].size))
+        return given_top(personalized, foundation, names)
+
+    repair_pipe = derived(pipe)
+    calls = count_unet_calls(repair_pipe)
+    out = repair(repair_pipe, steps=4, check_step=0.5, mask_function=masks, **identity(pipe))
+    assert calls == [4] * 4  # one run of [personalized, foundation] with CFG: no pass 2
+    assert seen == [(1, 1, (32, 32))]  # the mask function saw both previews once, half size
+    assert out.masks[0]["hair"].shape == (64, 64)  # resized to the output
+    np.testing.assert_array_equal(out.masks[0]["hair"], top_mask())
+    assert out.check_step == 2 and out.fasa_start == 2
+    assert out.personalized_images is None  # repaired in the run: no unrepaired image
+    assert out.mask_sources == [{"hair": "given", "glasses": "attention"}]
+    # the foundation rows are those of the two-pass repair; the portrait is repaired
+    np.testing.assert_allclose(out.foundation_images, two_pass.foundation_images, atol=1e-4)
+    assert np.abs(out.images - two_pass.personalized_images).max() > 1e-3
+
+
+def test_an_in_run_repair_with_nothing_missing_is_the_personalized_run(sd15_faceid):
+    pipe = derived(sd15_faceid)
+    two_pass = repair(pipe, steps=4, **identity(sd15_faceid))
+    out = repair(
+        pipe,
+        steps=4,
+        check_step=0.3,
+        mask_function=lambda p, f, names: [{} for _ in f],
+        **identity(sd15_faceid),
+    )
+    assert out.check_step == 1 and out.fasa_start is None
+    np.testing.assert_allclose(out.images, two_pass.personalized_images, atol=ROW_TOLERANCE)
+    np.testing.assert_array_equal(out.images, out.personalized_images)
+
+
+@pytest.mark.parametrize("name", ["sd15_faceid", "sdxl_faceid"])
+def test_previews_decode_as_the_pipeline_does(name, request):
+    pipe = request.getfixturevalue(name)
+    latents = pipe(
+        PROMPT, num_inference_steps=2, output_type="latent", generator=torch.Generator()
+    ).images
+    decoded = pipe(PROMPT, num_inference_steps=2, output_type="np", generator=torch.Generator())
+    repair_pipe = derived(pipe)
+    np.testing.assert_allclose(
+        repair_pipe._decode_preview(latents, downscale=1), decoded.images, atol=1e-5
+    )
+    assert repair_pipe._decode_preview(latents).shape == (1, 32, 32, 3)  # previews: half size
 
 
 def test_repair_changes_far_outside_the_mask_less(sd15_faceid):
@@ -227,14 +335,14 @@ def test_layer_and_step_selection_touch_only_the_chosen_calls(sd15_faceid, monke
         (layers[0], step, recording) for step in (2, 3) for recording in (True, False)
     )
     assert len(calls) == 4  # one call per chosen layer and step in each pass
-    assert out.pass2_start == 2  # Euler: pass 2 starts from pass 1's latents at step 2
+    assert out.fasa_start == 2  # Euler: pass 2 starts from pass 1's latents at step 2
 
 
 def test_pass_2_from_pass_1_latents_equals_a_full_run(sd15_faceid):
     """With the mask empty at every layer the resumed pass 2 is pass 1's personalized run."""
     pipe = derived(sd15_faceid)
     first = repair(pipe, steps=4, fasa=FasaConfig(start=0.5), mask_function=given_top)
-    assert first.pass2_start == 2
+    assert first.fasa_start == 2
     resumed_empty = repair(
         pipe,
         steps=4,
@@ -252,8 +360,9 @@ def test_profile_lora_runs_the_foundation_as_its_own_call(tiny_models_dir, tmp_p
         pipe.unet.add_adapter(
             LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_v"])
         )
-    out = repair(derived(pipe), **identity(pipe))
+    out = repair(derived(pipe), check_step=0.5, **identity(pipe))
     assert out.foundation_mode == "separate"
+    assert out.check_step is None and out.fasa_start == 0  # final images checked, then pass 2
     np.testing.assert_allclose(
         out.personalized_images, plain(pipe, **identity(pipe)), atol=ROW_TOLERANCE
     )
@@ -268,7 +377,7 @@ def test_profile_lora_runs_the_foundation_as_its_own_call(tiny_models_dir, tmp_p
 
 def test_nothing_to_repair_skips_pass_2(sd15_faceid):
     out = repair(derived(sd15_faceid), mask_function=lambda p, f, names: [{} for _ in f])
-    assert out.pass2_start is None
+    assert out.fasa_start is None
     np.testing.assert_array_equal(out.images, out.personalized_images)
 
 
@@ -284,6 +393,10 @@ def test_repair_input_errors(sd15_faceid):
         repair(pipe, mask_function=lambda p, f, names: [])
     with pytest.raises(ValueError, match="the images are 64x64"):
         repair(pipe, mask_function=lambda p, f, names: [{"hair": np.ones((8, 8))}])
+    with pytest.raises(ValueError, match=r"`check_step` is a fraction of the steps in \(0, 1\)"):
+        repair(pipe, check_step=1.5)
+    with pytest.raises(ValueError, match="at or after the end of FASA's step range"):
+        repair(pipe, steps=4, check_step=0.5, fasa=FasaConfig(end=0.5))
 
 
 def test_named_attributes_skip_the_comparison(sd15_faceid):
@@ -302,7 +415,7 @@ def test_named_attributes_skip_the_comparison(sd15_faceid):
     np.testing.assert_allclose(out.foundation_images, both.foundation_images, atol=ROW_TOLERANCE)
     np.testing.assert_allclose(out.images, both.images, atol=1e-4)
     nothing = repair(pipe, mask_function=lambda p, f, names: [{}], compare=False)
-    assert nothing.pass2_start is None
+    assert nothing.fasa_start is None
     np.testing.assert_allclose(nothing.images, plain(sd15_faceid), atol=ROW_TOLERANCE)
 
 

@@ -25,6 +25,13 @@ def test_repair_shows_the_report_and_the_foundation_image(studio, ada):
     linked = json.loads(Path(foundation).with_suffix(".json").read_text())
     assert linked["foundation_of"] == Path(files[0]).name
 
+    *_, report, foundations = webui_repair.generate(*args, "auto")
+    assert report.splitlines()[0] == (
+        "**Seed 5** (foundation: batched; checked on the previews at step 1)"
+    )
+    assert report.splitlines()[1].startswith("- hair: **could not check**: no face found")
+    assert len(foundations) == 1
+
     *_, report, foundations = webui_repair.generate(*args, "off")
     assert report == "" and foundations == []
     with pytest.raises(gr.Error, match="--repair: unknown face attribute 'wings'"):
