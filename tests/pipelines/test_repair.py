@@ -294,6 +294,33 @@ def test_an_in_run_repair_with_nothing_missing_is_the_personalized_run(sd15_face
     np.testing.assert_array_equal(out.images, out.personalized_images)
 
 
+@pytest.mark.parametrize("guidance", [5.0, 1.0])
+def test_an_in_run_repair_of_two_images_repairs_each_on_its_own_mask(sd15_faceid, guidance):
+    """Two images per prompt, with and without CFG: each portrait row takes its own foundation
+    row's keys in its own mask; the second image, with nothing missing, is left alone."""
+    pipe = derived(sd15_faceid)
+    previews = []
+
+    def first_only(personalized, foundation, names):
+        previews.append((len(personalized), len(foundation)))
+        return [given_top(personalized, foundation, names)[0], {}]
+
+    kwargs = {
+        "steps": 4,
+        "guidance_scale": guidance,
+        "num_images_per_prompt": 2,
+        **identity(sd15_faceid),
+    }
+    out = repair(pipe, check_step=0.5, mask_function=first_only, **kwargs)
+    both = repair(pipe, check_step=0.5, mask_function=lambda p, f, n: [{}, {}], **kwargs)
+    assert previews == [(2, 2)] and out.check_step == 2
+    assert out.mask_sources[1] == {} and set(out.masks[0]) == {"hair", "glasses"}
+    # repaired (without CFG's amplification FASA moves the tiny model's image less) ...
+    assert np.abs(out.images[0] - both.images[0]).max() > 10 * ROW_TOLERANCE
+    np.testing.assert_allclose(out.images[1], both.images[1], atol=ROW_TOLERANCE)  # untouched
+    np.testing.assert_allclose(out.foundation_images, both.foundation_images, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["sd15_faceid", "sdxl_faceid"])
 def test_previews_decode_as_the_pipeline_does(name, request):
     pipe = request.getfixturevalue(name)
