@@ -10,11 +10,14 @@ On full-size architectures with random weights (as ``bench_adapter_overhead.py``
    <= 16 GB without offload, <= 10 GB with.
 3. A 10-photo identity LoRA to its best checkpoint (``bench_train_lora.py --device cuda``).
    Target: <= 60 s.
+4. Attribute repair's cost as a ratio to plain generation, SD1.5 512², 20 steps
+   (``bench_repair.py --device cuda``). Target: <= 2.2x for one repair pass including pass 1.
 
 ``--smoke`` runs the same code on the CPU with the tiny model sets at 64² and 2 steps (compile
 backend ``eager``), to check the script, not to measure.
 
     PYTHONPATH=. .venv/bin/python bench/gpu_suite.py [--smoke] [--out bench-results] [--skip-train]
+        [--skip-repair]
 """
 
 from __future__ import annotations
@@ -165,6 +168,22 @@ def train_section(smoke: bool) -> dict:
     }
 
 
+def repair_section(smoke: bool) -> dict:
+    command = [sys.executable, str(Path(__file__).with_name("bench_repair.py"))]
+    command += ["--models", "tiny", "--steps", "2", "--repeats", "1"]
+    if not smoke:
+        command = [*command[:2], "--device", "cuda", "--steps", "20", "--repeats", "3"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    rows = re.findall(r"^  (\S.*?)\s+([\d.]+) s/image  x([\d.]+)$", done.stdout, re.MULTILINE)
+    return {
+        "command": " ".join(command[1:]),
+        "returncode": done.returncode,
+        "ratios": {name: float(ratio) for name, _, ratio in rows},
+        "seconds": {name: float(seconds) for name, seconds, _ in rows},
+        "tail": done.stdout[-2000:] + done.stderr[-1000:],
+    }
+
+
 def markdown(result: dict) -> str:
     sd15, sdxl, train = result["sd15"], result["sdxl"], result.get("train")
     rows = [
@@ -198,6 +217,13 @@ def markdown(result: dict) -> str:
         rows.append(
             f"| 10-photo LoRA to best checkpoint | {value} | ≤ 60 s | FaceChain 5–20 min (A10) |"
         )
+    repair = result.get("repair")
+    if repair is not None:
+        if not repair["ratios"]:
+            rows.append("| attribute repair vs plain | failed | ≤ 2.2x | — |")
+        for name, ratio in repair["ratios"].items():
+            if name != "plain generation":
+                rows.append(f"| {name} vs plain | {ratio:.2f}x | ≤ 2.2x | — |")
     return "\n".join(rows) + "\n"
 
 
@@ -207,6 +233,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--skip-repair", action="store_true")
     args = parser.parse_args()
     import diffusers
 
@@ -255,6 +282,8 @@ def main() -> None:
     del instantid
     if not args.skip_train:
         result["train"] = train_section(smoke)
+    if not args.skip_repair:
+        result["repair"] = repair_section(smoke)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_suite.json").write_text(json.dumps(result, indent=1))
     (args.out / "gpu_suite.md").write_text(markdown(result))
