@@ -48,7 +48,10 @@ class PortraitRequest:
     wplus_scale: float | None = None
     """Strength of the W+ adapter (0 to 1.5); ``None`` keeps the adapter's (1.0)."""
     swap_target: str | Path | None = None
-    """The ``swap`` stage's template photo: the person's face goes onto its largest face."""
+    """The ``swap`` stage's template photo: the person's face goes onto its ``swap_face``."""
+    swap_face: str = "0"
+    """The template's face(s) the ``swap`` stage repaints: a number (0: the largest), ``all``,
+    or ``match:PHOTO`` (the face most like the photo's)."""
     repair: str = "off"
     """Attribute repair (:mod:`studio.repair`): ``off``, ``auto`` or names (``hair,glasses``)."""
 
@@ -70,8 +73,10 @@ class PortraitRequest:
         if self.wplus_scale is not None:
             check_range("W+ scale", self.wplus_scale, 0, MAX_WPLUS_SCALE)
         from studio.repair import parse_repair
+        from studio.swap.targets import FaceChoice
 
         parse_repair(self.repair)
+        FaceChoice.parse(self.swap_face, "--swap-face")
 
 
 @dataclass(frozen=True, eq=False)

@@ -142,6 +142,7 @@ def test_portrait_mistakes_with_a_profile(tiny_env, faces_dir, capsys, tmp_path,
     _fails(capsys, [*ada, "--style", "oil-paintin"], "unknown style 'oil-paintin'", "did you mean")
     _fails(capsys, [*ada, "--prompt", "x", "--pose", missing], "pose reference", "nowhere.jpg")
     _fails(capsys, [*ada, "--prompt", "x", "--pose", str(junk)], "pose reference", "junk.jpg")
+    _fails(capsys, [*ada, "--prompt", "x", "--swap-face", "left"], "--swap-face 'left'", "number")
     # An adapter checkpoint that is not one, and one that is unsafe to unpickle.
     bad = tmp_path / "faceid.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")

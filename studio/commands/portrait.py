@@ -35,6 +35,12 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         "--swap-target", type=Path, help="the swap stage's template photo (with --stage swap)"
     )
     p.add_argument(
+        "--swap-face",
+        default="0",
+        help="the template's face the swap stage repaints: a number (0, the largest, by "
+        "default), all, or match:PHOTO (the face most like PHOTO)",
+    )
+    p.add_argument(
         "--repair",
         default="off",
         help="attribute repair: auto (check the prompt's attributes, repair the missing), "
@@ -72,6 +78,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         edits=tuple(args.edits),
         wplus_scale=args.wplus_scale,
         swap_target=args.swap_target,
+        swap_face=args.swap_face,
         repair=args.repair,
     )
     result = studio.generate(request, out_dir=args.out)

@@ -1,9 +1,10 @@
 """The ``swap`` stage: the person's face onto a template photo (FaceChain's template flow).
 
-The request names the template (``PortraitRequest.swap_target``, ``--swap-target PHOTO``); its
-largest face is repainted with the person's identity by diffusion (path B of
-:mod:`studio.swap`), at the target's pose, and the template with the new face replaces the
-generated image, to be scored and saved. The stage's ``face`` mask is the pasted weight.
+The request names the template (``PortraitRequest.swap_target``, ``--swap-target PHOTO``) and
+its face (``swap_face``, ``--swap-face``: a number, largest first, ``all`` or ``match:PHOTO``);
+that face is repainted with the person's identity by diffusion (path B of :mod:`studio.swap`),
+at the target's pose, and the template with the new face replaces the generated image, to be
+scored and saved. The stage's ``face`` mask is the pasted weight.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import numpy as np
 from PIL import Image
 
 from studio.errors import StudioError
+from studio.faces.encoders import IdentityEmbedding
 from studio.stages import StageInput, StageOutput, StageResources, register_stage
 from studio.swap.engine import diffusion_swap, load_target, swap_faces
 from studio.swap.targets import FaceChoice, choose_faces
 from studio.swap.types import DEFAULT_STRENGTH
+
+FLAG = "--swap-face"
 
 
 class SwapStage:
@@ -35,7 +39,10 @@ class SwapStage:
         target = Path(request.swap_target)
         image = load_target(target, "swap target")
         faces = resources.analyzer.analyze(image)
-        indices = choose_faces(faces, FaceChoice(), target=target.name)
+        choice = FaceChoice.parse(request.swap_face, FLAG)
+        indices = choose_faces(
+            faces, choice, target=target.name, flag=FLAG, **_reference(choice, resources.analyzer)
+        )
         host = resources.host
         swap = diffusion_swap(host, host.model_set, given.identity, request.steps)
         edit = swap_faces(
@@ -48,12 +55,25 @@ class SwapStage:
             generator=resources.generator,
             parser=resources.face_parser,
         )
-        note = f"swapped into {target.name} (face 0 of {len(faces)}) by diffusion"
+        chosen = ", ".join(map(str, indices))
+        face = "face" if len(indices) == 1 else "faces"
+        note = f"swapped into {target.name} ({face} {chosen} of {len(faces)}) by diffusion"
         return StageOutput(
             Image.fromarray(np.ascontiguousarray(edit.image)),
             masks={"face": Image.fromarray(edit.weight)},
             notes=(note, *edit.notes),
         )
+
+
+def _reference(choice: FaceChoice, analyzer) -> dict:
+    """For ``match:PHOTO``, the photo's largest face embedding by the analyzer's first encoder
+    and that encoder's threshold (``choose_faces``' keywords); nothing otherwise."""
+    if choice.match is None:
+        return {}
+    encoder = next(iter(analyzer.encoders))
+    faces = analyzer.analyze(load_target(choice.match, f"{FLAG} match:{choice.match}"))
+    reference = IdentityEmbedding(encoder, faces[0].embeddings[encoder]) if faces else None
+    return {"reference": reference, "threshold": analyzer.encoders[encoder].threshold}
 
 
 register_stage(SwapStage.name, SwapStage)

@@ -23,25 +23,26 @@ class FaceChoice:
     match: Path | None = None
 
     @classmethod
-    def parse(cls, text: str | int | None) -> FaceChoice:
-        """``N``, ``all`` or ``match:PHOTO``; anything else is refused with the three forms."""
+    def parse(cls, text: str | int | None, flag: str = "--face") -> FaceChoice:
+        """``N``, ``all`` or ``match:PHOTO``; anything else is refused with the three forms
+        (errors name the option ``flag``)."""
         text = "0" if text is None else str(text).strip()
         if text.lower() == ALL:
             return cls(index=None, every=True)
         if text.lower().startswith(MATCH):
             photo = text[len(MATCH) :].strip()
             if not photo:
-                raise StudioError("--face match: needs a photo, e.g. --face match:me.jpg")
+                raise StudioError(f"{flag} match: needs a photo, e.g. {flag} match:me.jpg")
             return cls(index=None, match=Path(photo))
         try:
             index = int(text)
         except ValueError:
             raise StudioError(
-                f"--face {text!r}: use a face number (0 is the largest face), 'all', or "
+                f"{flag} {text!r}: use a face number (0 is the largest face), 'all', or "
                 "'match:PHOTO' to pick the face most like a photo"
             ) from None
         if index < 0:
-            raise StudioError(f"--face {index}: face numbers start at 0 (the largest face)")
+            raise StudioError(f"{flag} {index}: face numbers start at 0 (the largest face)")
         return cls(index=index)
 
     def __str__(self) -> str:
@@ -57,6 +58,7 @@ def choose_faces(
     target: str,
     reference: IdentityEmbedding | None = None,
     threshold: float | None = None,
+    flag: str = "--face",
 ) -> list[int]:
     """The indices of ``faces`` (largest first) that ``choice`` picks in the photo ``target``.
 
@@ -73,12 +75,12 @@ def choose_faces(
         if choice.index >= len(faces):
             count = f"{len(faces)} face" + ("s" if len(faces) > 1 else "")
             raise StudioError(
-                f"--face {choice.index}: target photo {target} has {count} (numbers 0 to "
+                f"{flag} {choice.index}: target photo {target} has {count} (numbers 0 to "
                 f"{len(faces) - 1}, largest first)"
             )
         return [choice.index]
     if reference is None:
-        raise StudioError(f"--face {choice}: no face found in the reference photo")
+        raise StudioError(f"{flag} {choice}: no face found in the reference photo")
     encoder = reference.encoder
     scores = [
         reference.similarity(IdentityEmbedding(encoder, face.embeddings[encoder])) for face in faces
@@ -86,7 +88,7 @@ def choose_faces(
     best = max(range(len(faces)), key=scores.__getitem__)
     if threshold is not None and scores[best] < threshold:
         raise StudioError(
-            f"--face {choice}: no face in target photo {target} looks like {choice.match.name} "
+            f"{flag} {choice}: no face in target photo {target} looks like {choice.match.name} "
             f"(best similarity {scores[best]:.2f} by {reference.encoder}, below its threshold "
             f"{threshold:.2f}); choose the face by number instead"
         )

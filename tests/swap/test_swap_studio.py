@@ -145,7 +145,7 @@ def test_swap_errors_are_one_clear_line(studio, group_photo, model_files, tmp_pa
         assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
 
 
-def test_the_swap_stage_puts_the_portrait_person_onto_a_template(studio, group_photo):
+def test_the_swap_stage_puts_the_portrait_person_onto_a_template(studio, group_photo, faces_dir):
     request = PortraitRequest(
         "Ada", prompt="a portrait", steps=2, stages=("swap",), swap_target=str(group_photo)
     )
@@ -154,6 +154,30 @@ def test_the_swap_stage_puts_the_portrait_person_onto_a_template(studio, group_p
     record = sidecar(portrait.path)
     assert record["stage_notes"]["swap"][0] == "swapped into group.jpg (face 0 of 6) by diffusion"
     assert "swap.face" in record["masks"]
+
+    # the template's face by number, or the one most like a photo
+    def swapped(face: str) -> str:
+        request = PortraitRequest(
+            "Ada",
+            prompt="a portrait",
+            steps=2,
+            stages=("swap",),
+            swap_target=str(group_photo),
+            swap_face=face,
+        )
+        [portrait] = studio.generate(request).portraits
+        return sidecar(portrait.path)["stage_notes"]["swap"][0]
+
+    assert swapped("4") == "swapped into group.jpg (face 4 of 6) by diffusion"
+    note = swapped(f"match:{faces_dir / 'person_b_2.jpg'}")
+    faces = target_faces(studio, np.asarray(Image.open(group_photo).convert("RGB")))
+    index = int(note.split("(face ")[1].split(" of")[0])
+    assert tile_of(faces[index]) in ("person_b_1", "person_b_2")
+    assert swapped("all") == "swapped into group.jpg (faces 0, 1, 2, 3, 4, 5 of 6) by diffusion"
+    with pytest.raises(StudioError, match="--swap-face 6: target photo group.jpg has 6 faces"):
+        swapped("6")
+    with pytest.raises(StudioError, match="--swap-face 'left': use a face number"):
+        PortraitRequest("Ada", prompt="x", swap_face="left").validate()
 
     with pytest.raises(StageError, match="needs a template photo: pass --swap-target PHOTO"):
         studio.generate(PortraitRequest("Ada", prompt="a portrait", steps=2, stages=("swap",)))
