@@ -160,7 +160,7 @@ class RepairedImage:
     the masks it repaired with and the report."""
 
     image: Image.Image
-    personalized: Image.Image | None  #: ``None`` when attributes were named (not compared)
+    personalized: Image.Image | None  #: ``None`` when not compared, or repaired in the run
     foundation: Image.Image
     masks: dict[str, Image.Image]
     report: RepairReport
