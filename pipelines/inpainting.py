@@ -23,8 +23,6 @@ every weight, the identity adapter's included.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +33,8 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint impo
     retrieve_latents,
 )
 from diffusers.utils.torch_utils import randn_tensor
+
+from pipelines.vae import decode_latents, vae_in_float32
 
 ADAPTER_COMPONENTS = ("identity_projection", "identity_attn", "wplus_projection", "wplus_attn")
 """Components typed ``ModelMixin`` in the signatures, which diffusers' ``from_pipe`` would drop."""
@@ -107,19 +107,6 @@ class InpaintingMixin:
             )
         return timesteps, num_inference_steps - t_start
 
-    @contextmanager
-    def vae_in_float32(self) -> Iterator[None]:
-        """Run the VAE in float32 while inside, when it is a float16 VAE that overflows
-        (``force_upcast``), as diffusers' SDXL pipelines do."""
-        upcast = self.vae.dtype == torch.float16 and self.vae.config.get("force_upcast", False)
-        if upcast:
-            self.vae.to(dtype=torch.float32)
-        try:
-            yield
-        finally:
-            if upcast:
-                self.vae.to(dtype=torch.float16)
-
     def prepare_image_latents(
         self,
         image: PipelineImageInput,
@@ -136,7 +123,7 @@ class InpaintingMixin:
         """The starting latents, the noise they hold and the image's clean latents: pure noise
         at ``strength`` 1, else the image's latents noised to ``timestep``."""
         pixels = self.image_processor.preprocess(image, height=height, width=width)
-        with self.vae_in_float32():
+        with vae_in_float32(self.vae):
             pixels = pixels.to(device=device, dtype=self.vae.dtype)
             if isinstance(generator, list):
                 encoded = [
@@ -263,7 +250,4 @@ class InpaintingMixin:
         """Decode to images of ``output_type`` (``pil``, ``np`` or ``pt``)."""
         if output_type == "latent":
             raise ValueError("`output_type` must be 'pil', 'np' or 'pt' for inpainting")
-        with self.vae_in_float32():
-            latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-            decoded = self.vae.decode(latents, return_dict=False, generator=generator)[0]
-        return self.image_processor.postprocess(decoded, output_type=output_type)
+        return decode_latents(self, latents, output_type, generator)

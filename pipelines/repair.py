@@ -69,6 +69,7 @@ from adapters.fasa import (
 from adapters.stack import STATE_KEY, AttentionCallState
 from pipelines.portrait import PortraitPipeline
 from pipelines.portrait_xl import PortraitXLPipeline
+from pipelines.vae import decode_latents
 
 #: Per image: attribute -> mask (``[H, W]``, True where the attribute is) to repair it with, or
 #: ``None`` to repair it with the fallback attention mask; attributes left out are not repaired.
@@ -252,25 +253,20 @@ class AttributeRepairMixin:
             for name, words in attributes.items()
         }
         run = _Passes(self, session, base, cross_attention_kwargs, latents, n)
-        found: dict[str, Any] = {}
 
-        def choose(personalized, foundation) -> np.ndarray:
-            """Masks of the mask function at the images' size (previews: smaller), else of the
-            foundation's attention maps, at the output size; their union per image."""
+        def choose(personalized, foundation):
+            """Per image, the masks of the mask function at the images' size (previews:
+            smaller), else of the foundation's attention maps, resized to the output; their
+            sources; the union of each image's masks ``[n, H, W]``."""
             given = self._given_masks(mask_function, personalized, foundation, names, n)
             maps = session.maps.averaged(
                 height // self.vae_scale_factor, width // self.vae_scale_factor
             )
-            size = foundation.shape[1:3]
-            masks, found["sources"] = _resolve_masks(given, maps, names, *size)
-            found["masks"] = [
-                {name: _resized(mask, height, width) for name, mask in image.items()}
-                for image in masks
-            ]
+            masks, sources = _resolve_masks(given, maps, names, *foundation.shape[1:3])
+            masks = [{k: _resized(m, height, width) for k, m in image.items()} for image in masks]
             empty = [np.zeros((height, width), dtype=bool)]
-            return np.stack(
-                [np.logical_or.reduce([*image.values()] or empty) for image in found["masks"]]
-            )
+            union = np.stack([np.logical_or.reduce([*image.values()] or empty) for image in masks])
+            return masks, sources, union
 
         def to_session(union: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(union[:, None]).to(self._execution_device, self.unet.dtype)
@@ -278,18 +274,18 @@ class AttributeRepairMixin:
         start = None
         if check is not None:
             # 4a. One run: the previews checked at `check`, FASA live from there on
+            chosen = []
+
             def at_check(previews: np.ndarray) -> None:
-                union = choose(previews[:n], previews[n:])
-                session.apply(to_session(union))
-                found["union"] = union
+                chosen.append(choose(previews[:n], previews[n:]))
+                session.apply(to_session(chosen[0][2]))
 
             repaired, foundation = run.in_run(
                 prompt, foundation_prompt, negative_prompt, token_indices, check, at_check
             )
-            if found["union"].any():
-                personalized, start = None, steps.start
-            else:
-                personalized = repaired
+            masks, sources, union = chosen[0]
+            personalized = None if union.any() else repaired
+            start = steps.start if union.any() else None
         else:
             # 4b. Pass 1: personalized (when compared) and foundation images, the foundation
             # recorded; masks on its final images
@@ -301,7 +297,7 @@ class AttributeRepairMixin:
                 personalized, foundation = run.separate(
                     prompt if compare else None, foundation_prompt, negative_prompt, token_indices
                 )
-            union = choose(personalized, foundation)
+            masks, sources, union = choose(personalized, foundation)
 
             # 5. Pass 2: personalized rows only, FASA on the masks
             repaired = personalized
@@ -316,8 +312,8 @@ class AttributeRepairMixin:
             images=convert(repaired),
             personalized_images=None if personalized is None else convert(personalized),
             foundation_images=convert(foundation),
-            masks=found["masks"],
-            mask_sources=found["sources"],
+            masks=masks,
+            mask_sources=sources,
             foundation_mode=mode,
             fasa_start=start,
             check_step=check,
@@ -358,32 +354,10 @@ class AttributeRepairMixin:
     @torch.no_grad()
     def _decode_preview(self, latents: torch.Tensor, downscale: int = PREVIEW_DOWNSCALE):
         """x0 latents as ``[batch, H / downscale, W / downscale, 3]`` images in ``[0, 1]``: the
-        latents averaged over ``downscale``² cells, then decoded (the VAE in float32 where its
-        config asks, as the pipelines decode)."""
+        latents averaged over ``downscale``² cells, then decoded."""
         if downscale > 1:
             latents = F.avg_pool2d(latents, downscale)
-        vae = self.vae
-        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
-        if upcast:
-            vae.to(dtype=torch.float32)
-        try:
-            mean, std = (
-                getattr(vae.config, "latents_mean", None),
-                getattr(vae.config, "latents_std", None),
-            )
-            latents = latents.to(vae.dtype)
-            if mean is not None and std is not None:
-                shape = (1, -1, 1, 1)
-                mean = torch.tensor(mean).view(shape).to(latents)
-                std = torch.tensor(std).view(shape).to(latents)
-                latents = latents * std / vae.config.scaling_factor + mean
-            else:
-                latents = latents / vae.config.scaling_factor
-            image = vae.decode(latents, return_dict=False)[0]
-        finally:
-            if upcast:
-                vae.to(dtype=torch.float16)
-        return self.image_processor.postprocess(image, output_type="np")
+        return decode_latents(self, latents, "np")
 
     def _stack_repair_contributions(self) -> None:
         """FASA on every self-attention layer and the map recorder on every cross-attention
