@@ -29,6 +29,7 @@ tokens, this call's scale and the rows with identity on reach the stack in one
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -81,6 +82,10 @@ COMPONENTS = ("identity_projection", "identity_attn")
 UNIT_NORM_TOLERANCE = 1e-2
 
 
+ADAPTER_COMPONENTS = ("identity_projection", "identity_attn", "wplus_projection", "wplus_attn")
+"""The adapters' components, typed ``ModelMixin`` in the pipelines' signatures."""
+
+
 class IdentityAdapterMixin:
     """Identity adapters (IP-Adapter-FaceID, FaceID-PlusV2, InstantID) for diffusers pipelines.
 
@@ -91,6 +96,17 @@ class IdentityAdapterMixin:
     its scale/unload methods are wrapped so its processors stay the stack's base) and beside
     peft LoRA. The denoiser is ``pipe.unet`` (or ``pipe.transformer``).
     """
+
+    @classmethod
+    def from_pipe(cls, pipeline, **kwargs: Any):
+        """diffusers' ``from_pipe``, also handing over the identity and W+ adapters' components
+        (diffusers hands over a model only when its class is the one the signature names), so
+        a derived pipeline shares them."""
+        accepted = inspect.signature(cls.__init__).parameters
+        for name in ADAPTER_COMPONENTS:
+            if name in accepted:
+                kwargs.setdefault(name, getattr(pipeline, name, None))
+        return super().from_pipe(pipeline, **kwargs)
 
     @property
     def identity_family(self) -> str | None:

@@ -22,7 +22,6 @@ every weight, the identity adapter's included.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +34,6 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint impo
 from diffusers.utils.torch_utils import randn_tensor
 
 from pipelines.vae import decode_latents, vae_in_float32
-
-ADAPTER_COMPONENTS = ("identity_projection", "identity_attn", "wplus_projection", "wplus_attn")
-"""Components typed ``ModelMixin`` in the signatures, which diffusers' ``from_pipe`` would drop."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,17 +50,6 @@ class InpaintStart:
 
 class InpaintingMixin:
     """Image and mask preparation, the strength's schedule and the per-step restore."""
-
-    @classmethod
-    def from_pipe(cls, pipeline, **kwargs: Any):
-        """diffusers' ``from_pipe``, also handing over the identity (and W+) adapters'
-        components (diffusers hands over a model only when its class is the one the signature
-        names)."""
-        accepted = inspect.signature(cls.__init__).parameters
-        for name in ADAPTER_COMPONENTS:
-            if name in accepted:
-                kwargs.setdefault(name, getattr(pipeline, name, None))
-        return super().from_pipe(pipeline, **kwargs)
 
     @property
     def mask_processor(self) -> VaeImageProcessor:

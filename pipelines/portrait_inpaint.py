@@ -30,8 +30,6 @@ from pipelines.portrait import PortraitPipeline
 
 logger = logging.get_logger(__name__)
 
-ADAPTER_COMPONENTS = ("identity_projection", "identity_attn", "wplus_projection", "wplus_attn")
-
 EXAMPLE_DOC_STRING = """
     Examples:
         ```py

@@ -88,8 +88,6 @@ IDENTITY_ARGUMENTS = (
     "wplus",
     "wplus_scale",
 )
-#: Adapter components a derived repair pipeline shares with the pipeline it is made from.
-ADAPTER_COMPONENTS = ("identity_projection", "identity_attn", "wplus_projection", "wplus_attn")
 #: Arguments a repair sets itself.
 REFUSED_ARGUMENTS = {
     "callback_on_step_end": "the repair follows the steps with its own callback",
@@ -142,16 +140,6 @@ class AttributeRepairMixin:
 
     List it before the portrait pipeline: ``class X(AttributeRepairMixin, PortraitPipeline)``.
     """
-
-    @classmethod
-    def from_pipe(cls, pipeline, **kwargs):
-        """diffusers' ``from_pipe``, with the identity and W+ components carried over (diffusers
-        drops components whose type is a subclass of the annotated one)."""
-        expected, _ = cls._get_signature_keys(cls)
-        for name in ADAPTER_COMPONENTS:
-            if name in expected:
-                kwargs.setdefault(name, getattr(pipeline, name, None))
-        return super().from_pipe(pipeline, **kwargs)
 
     @torch.no_grad()
     def __call__(

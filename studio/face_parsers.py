@@ -85,8 +85,8 @@ def face_parser_for(settings: Settings, model_set: ModelSet) -> FaceParser:
         return MeshFaceParser()
     if not path.is_file():
         raise ModelUnavailableError(
-            f"--weights {COMPONENT}={path}: no such file; give the BiSeNet 79999_iter.pth or its "
-            "ONNX export, or drop the override to parse faces with the mesh"
+            f"--weights {COMPONENT}={path}: a folder, not a file; give the BiSeNet "
+            "79999_iter.pth or its ONNX export, or drop the override to parse faces with the mesh"
         )
     if path.suffix.lower() == ".onnx":
         from studio.faces.bisenet_onnx import OnnxFaceParser

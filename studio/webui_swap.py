@@ -19,9 +19,8 @@ import numpy as np
 from studio.limits import MAX_SEED
 from studio.orchestrator import Studio
 from studio.swap.diffuse import crop_for_diffusion
-from studio.swap.engine import load_target
 from studio.swap.service import target_faces
-from studio.swap.targets import ALL
+from studio.swap.targets import ALL, load_target
 from studio.swap.types import DEFAULT_STRENGTH, METHODS, SwapRequest
 from studio.webui import profile_names, user_errors
 

@@ -400,6 +400,18 @@ def paste_back(
     Returns:
         A new image; pixels where the warped mask is zero equal ``canvas`` exactly.
     """
+    return paste_with_weight(canvas, crop, aligned, mask, feather=feather)[0]
+
+
+def paste_with_weight(
+    canvas: np.ndarray,
+    crop: np.ndarray,
+    aligned: AlignedFace,
+    mask: np.ndarray | None = None,
+    *,
+    feather: float = DEFAULT_FEATHER,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`paste_back`, also returning the pasted weight in canvas pixels (``uint8``)."""
     check_rgb(canvas)
     check_rgb(crop)
     crop_h, crop_w = crop.shape[:2]
@@ -415,9 +427,10 @@ def paste_back(
     x1 = min(int(np.ceil(spread[:, 0].max())) + 2, width)
     y1 = min(int(np.ceil(spread[:, 1].max())) + 2, height)
     result = canvas.copy()
+    weight = np.zeros((height, width), np.uint8)
     if x1 <= x0 or y1 <= y0:
         logger.debug("paste_back: the crop falls outside the canvas; nothing to paste")
-        return result
+        return result, weight
 
     to_region = _compose(_translation(-x0, -y0), crop_to_canvas)
     region_size = (x1 - x0, y1 - y0)
@@ -428,7 +441,8 @@ def paste_back(
     region = result[y0:y1, x0:x1].astype(np.float32)
     blended = region + alpha * (face.astype(np.float32) - region)
     result[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    return result
+    weight[y0:y1, x0:x1] = np.rint(alpha[..., 0] * 255.0).astype(np.uint8)
+    return result, weight
 
 
 def _aligned(

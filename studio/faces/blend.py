@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from studio.faces.align import DEFAULT_FEATHER, paste_back
+from studio.faces.align import DEFAULT_FEATHER, paste_with_weight
 from studio.faces.types import AlignedFace, check_rgb
 
 MIN_STD = 1e-3
@@ -57,10 +57,7 @@ def paste_face(
     image and the pasted weight in canvas pixels (``uint8``): where it is 0 the new image
     equals ``canvas`` bit for bit.
     """
-    result = paste_back(canvas, crop, aligned, mask, feather=feather)
-    white = np.full(crop.shape, 255, np.uint8)
-    weight = paste_back(np.zeros_like(canvas), white, aligned, mask, feather=feather)[..., 0]
-    return result, weight
+    return paste_with_weight(canvas, crop, aligned, mask, feather=feather)
 
 
 def _weights(mask: np.ndarray) -> np.ndarray:

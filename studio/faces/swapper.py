@@ -42,7 +42,6 @@ class InSwapper:
     """``inswapper_128.onnx``: :meth:`swap` one aligned 128-px face to another identity."""
 
     name = "inswapper"
-    crop_size = INSWAPPER_SIZE
 
     def __init__(
         self,

@@ -59,8 +59,10 @@ class ModelResolver:
         return root / comp.subfolder if comp.subfolder else root
 
     # -- lookups ----------------------------------------------------------------------------
-    def _explicit(self, set_name: str, comp: Component) -> Path | None:
-        for key in (f"{set_name}.{comp.name}", comp.name):
+    def explicit(self, set_name: str, name: str) -> Path | None:
+        """The ``--weights [SET.]NAME=PATH`` override of a component; a path that does not exist
+        is an error naming it."""
+        for key in (f"{set_name}.{name}", name):
             if key in self.settings.weights:
                 path = self.settings.weights[key]
                 if not path.exists():
@@ -128,7 +130,7 @@ class ModelResolver:
         comp = model_set.component(name)
         if comp.source == "local":
             return comp.path
-        explicit = self._explicit(model_set.name, comp)
+        explicit = self.explicit(model_set.name, comp.name)
         if explicit is not None:
             return explicit
         if comp.source == "builtin":
@@ -178,7 +180,8 @@ def find_optional(
     """An optional component's local path: a ``--weights NAME=PATH`` override, else the set's
     own component, else the ``fallback`` set's (for sets without it, such as the tiny ones);
     ``None`` when none is on this machine. Nothing is downloaded."""
-    path = settings.weights.get(f"{model_set.name}.{name}") or settings.weights.get(name)
+    resolver = ModelResolver(settings)
+    path = resolver.explicit(model_set.name, name)
     if path is not None:
         return path
     owner = model_set
@@ -186,4 +189,4 @@ def find_optional(
         owner = load_catalog().get(fallback, model_set)
     if name not in owner.components:
         return None
-    return ModelResolver(settings).find_local(owner, name)
+    return resolver.find_local(owner, name)

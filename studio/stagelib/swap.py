@@ -15,10 +15,9 @@ import numpy as np
 from PIL import Image
 
 from studio.errors import StudioError
-from studio.faces.encoders import IdentityEmbedding
 from studio.stages import StageInput, StageOutput, StageResources, register_stage
-from studio.swap.engine import diffusion_swap, load_target, swap_faces
-from studio.swap.targets import FaceChoice, choose_faces
+from studio.swap.engine import diffusion_swap, swap_faces
+from studio.swap.targets import FaceChoice, choose_faces, load_target, match_reference
 from studio.swap.types import DEFAULT_STRENGTH
 
 FLAG = "--swap-face"
@@ -66,13 +65,12 @@ class SwapStage:
 
 
 def _reference(choice: FaceChoice, analyzer) -> dict:
-    """For ``match:PHOTO``, the photo's largest face embedding by the analyzer's first encoder
-    and that encoder's threshold (``choose_faces``' keywords); nothing otherwise."""
+    """For ``match:PHOTO``, ``choose_faces``' reference and threshold by the analyzer's first
+    encoder; nothing otherwise."""
     if choice.match is None:
         return {}
     encoder = next(iter(analyzer.encoders))
-    faces = analyzer.analyze(load_target(choice.match, f"{FLAG} match:{choice.match}"))
-    reference = IdentityEmbedding(encoder, faces[0].embeddings[encoder]) if faces else None
+    reference = match_reference(choice.match, analyzer.analyze, encoder, FLAG)
     return {"reference": reference, "threshold": analyzer.encoders[encoder].threshold}
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +17,6 @@ from studio.faces.onnx_session import available_providers
 from studio.faces.swapper import SOURCE_HINT, InSwapper
 from studio.faces.types import Face
 from studio.host import PipelineHost
-from studio.images import ImageLoadError, load_image
 from studio.models.catalog import ModelSet, load_catalog
 from studio.models.resolver import ModelResolver
 from studio.requests import Identity
@@ -30,14 +28,6 @@ from studio.swap.types import REFINE_STRENGTH, FaceEdit
 
 INSWAPPER_COMPONENT = ("sd15", "inswapper")
 """Catalog entry of ``inswapper_128.onnx`` (one file for every model set)."""
-
-
-def load_target(path: str | Path, what: str = "target photo") -> np.ndarray:
-    """A target or reference photo as RGB; an unreadable file is a user error naming it."""
-    try:
-        return load_image(path).rgb
-    except ImageLoadError as exc:
-        raise StudioError(f"{what}: {exc}") from exc
 
 
 @functools.lru_cache(maxsize=1)

@@ -19,6 +19,7 @@ from studio.faces.analyzer import FaceAnalyzer
 from studio.faces.encoders import IdentityEmbedding, mean_embedding
 from studio.faces.types import Face
 from studio.host import ActiveLora, PipelineHost
+from studio.identity import profile_identity_embeds
 from studio.models.catalog import ModelSet
 from studio.outputs import GenerationRecord, save_image
 from studio.profiles.library import ProfileLibrary
@@ -26,8 +27,8 @@ from studio.requests import Identity
 from studio.settings import Settings
 from studio.stages import FaceParser
 from studio.swap.diffuse import PROMPT
-from studio.swap.engine import diffusion_swap, load_inswapper, load_target, swap_faces
-from studio.swap.targets import FaceChoice, choose_faces
+from studio.swap.engine import diffusion_swap, load_inswapper, swap_faces
+from studio.swap.targets import FaceChoice, choose_faces, load_target, match_reference
 from studio.swap.types import SwapRequest, SwapResult
 
 ARCFACE = "arcface"
@@ -56,25 +57,19 @@ def target_faces(studio: SwapStudio, image: np.ndarray) -> list[Face]:
     return studio.analyze(image, studio.scoring_encoder())
 
 
-def reference_embedding(studio: SwapStudio, photo: Path) -> IdentityEmbedding | None:
-    """The largest face's embedding in a ``match:`` photo, by the scoring encoder."""
-    encoder = studio.scoring_encoder()
-    faces = target_faces(studio, load_target(photo, f"--face match:{photo}"))
-    return IdentityEmbedding(encoder, faces[0].embeddings[encoder]) if faces else None
-
-
 def profile_arcface(studio: SwapStudio, profile: str) -> np.ndarray:
     """The mean ArcFace embedding of the profile's accepted photos (path A's source)."""
     with studio.library() as library:
         found = library.get(profile)
     kept = [info.name for info in found.encoders]
-    if ARCFACE not in kept or not found.accepted:
+    if ARCFACE not in kept:
         raise StudioError(
             f"profile {profile!r} has no ArcFace embeddings (it keeps: {', '.join(kept)}), "
             "which the inswapper path needs; use --method diffusion (it works with any "
             "profile), or create the profile with `--encoder arcface`"
         )
-    return mean_embedding(photo.embeddings[ARCFACE] for photo in found.accepted).vector
+    rows = profile_identity_embeds(found, ARCFACE).numpy()  # no accepted photo: its error
+    return mean_embedding(IdentityEmbedding(ARCFACE, row) for row in rows).vector
 
 
 def run_swap(studio: SwapStudio, request: SwapRequest, out_dir: Path) -> SwapResult:
@@ -85,10 +80,11 @@ def run_swap(studio: SwapStudio, request: SwapRequest, out_dir: Path) -> SwapRes
     target = Path(request.target)
     image = load_target(target)
     faces = target_faces(studio, image)
+    encoder = studio.scoring_encoder()
     reference = None
     if choice.match is not None:
-        reference = reference_embedding(studio, choice.match)
-    scorer = studio.analyzer(studio.scoring_encoder()).encoders[studio.scoring_encoder()]
+        reference = match_reference(choice.match, lambda rgb: target_faces(studio, rgb), encoder)
+    scorer = studio.analyzer(encoder).encoders[encoder]
     indices = choose_faces(
         faces, choice, target=target.name, reference=reference, threshold=scorer.threshold
     )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from studio.errors import StudioError
 from studio.faces.encoders import IdentityEmbedding
 from studio.faces.types import Face
+from studio.images import ImageLoadError, load_image
 
 ALL = "all"
 MATCH = "match:"
@@ -93,3 +96,20 @@ def choose_faces(
             f"{threshold:.2f}); choose the face by number instead"
         )
     return [best]
+
+
+def load_target(path: str | Path, what: str = "target photo") -> np.ndarray:
+    """A target or reference photo as RGB; an unreadable file is a user error naming it."""
+    try:
+        return load_image(path).rgb
+    except ImageLoadError as exc:
+        raise StudioError(f"{what}: {exc}") from exc
+
+
+def match_reference(
+    photo: Path, analyze: Callable[[np.ndarray], list[Face]], encoder: str, flag: str = "--face"
+) -> IdentityEmbedding | None:
+    """The largest face's ``encoder`` embedding in a ``match:`` photo (``None``: no face);
+    ``analyze`` must describe faces with that encoder."""
+    faces = analyze(load_target(photo, f"{flag} match:{photo}"))
+    return IdentityEmbedding(encoder, faces[0].embeddings[encoder]) if faces else None
