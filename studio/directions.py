@@ -32,9 +32,6 @@ GANSPACE_COMPONENTS = ("ganspace_pca", "ganspace_config")
 USER_DIRECTIONS_DIR = "directions"
 DIRECTION_SUFFIXES = (".pt", ".npy")
 
-Edits = tuple[tuple[str, float], ...]
-"""A request's edits: ``(direction name, amount)`` pairs, applied in order."""
-
 
 def user_directions_dir(settings: Settings) -> Path:
     """Where a user's own direction files live."""

@@ -223,9 +223,13 @@ class Studio:
         """Refine each accepted photo's stored W+ by ``steps`` of latent optimisation against
         the photo (:mod:`studio.wplus_refine`), store them and the new profile W+; returns a
         report per photo. The identity term needs ``--weights ir_se50=model_ir_se50.pth``."""
+        from adapters.ir_se50 import load_ir_se50
+        from studio.models.resolver import ModelResolver
         from studio.wplus_refine import refine_photo_wplus
 
         check_range("W+ refinement steps", steps, 1, MAX_REFINE_STEPS)
+        path = ModelResolver(self.settings).explicit(self.model_set.name, IR_SE50_WEIGHTS)
+        recognizer = None if path is None else load_ir_se50(path)  # a wrong path names itself
         self.profile_wplus(profile)  # every accepted photo has been through the e4e
         with self.library(wplus=True) as lib:
             found = lib.get(profile)
@@ -233,11 +237,17 @@ class Studio:
         for photo in found.accepted:
             stored = photo.wplus.get(key)
             if stored is None or stored.latent is None:
+                why = stored.reason if stored is not None else "no W+ from this e4e"
+                reports.append(f"{photo.file}: not refined: {why}")
                 continue
             rgb = load_image(photo.path).rgb
             with self._faces_lock:
                 faces = self.analyzer(DEFAULT_ENCODER).analyze(rgb)
             if len(faces) != photo.face_count:
+                reports.append(
+                    f"{photo.file}: not refined: {len(faces)} faces found now, "
+                    f"{photo.face_count} at intake"
+                )
                 continue
             with self._gpu_lock:
                 result = refine_photo_wplus(
@@ -246,7 +256,7 @@ class Studio:
                     face_points(faces[photo.face_index]),
                     steps,
                     w_plus=torch.from_numpy(stored.latent),
-                    recognizer=self.settings.weights.get(IR_SE50_WEIGHTS),
+                    recognizer=recognizer,
                     analyzer=self.analyzer(DEFAULT_ENCODER),
                     on_progress=on_progress,
                     stop=stop,

@@ -93,7 +93,13 @@ def preview(
         with studio.library() as library:
             found = library.get(profile)
         if refine:
-            reports = studio.refine_wplus(profile, int(refine_steps))
+            reports = studio.refine_wplus(
+                profile,
+                int(refine_steps),
+                on_progress=lambda step, total, loss: progress(
+                    (step, total), desc=f"refining W+ (loss {loss:.4f})"
+                ),
+            )
         image = studio.wplus_preview(profile, edits_from(names, amounts))
     photo = str(found.accepted[0].crop_path) if found.accepted else None
     return photo, image, "\n\n".join(r.replace("\n", "; ") for r in reports)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from adapters.e4e import E4E, E4E_INPUT_SIZE
+from adapters.wplus_refine import resize_to
 from studio.errors import StudioError
 from studio.faces.align import (
     E4E_MIN_QUAD_SIDE,
@@ -71,9 +72,7 @@ def render_preview(e4e: E4E, w_plus: torch.Tensor, size: int = PREVIEW_SIZE) -> 
     """W+ ``[1, rows, dim]`` rendered by the e4e's generator, as RGB ``uint8`` ``size`` px."""
     parameter = e4e.latent_avg
     rendered = e4e.render(w_plus.to(device=parameter.device, dtype=parameter.dtype))
-    if rendered.shape[-1] != size:
-        rendered = torch.nn.functional.interpolate(rendered.float(), size=(size, size), mode="area")
-    return to_image(rendered)
+    return to_image(resize_to(rendered.float(), size))
 
 
 class PhotoWPlusEncoder:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from adapters.e4e import E4E, load_e4e
-from studio.directions import DirectionRegistry, check_edits
+from studio.directions import DirectionRegistry
 from studio.errors import StudioError
 from studio.faces.analyzer import FaceAnalyzer
 from studio.host import WPLUS_ADAPTER
@@ -75,9 +75,7 @@ class WPlusModels:
     @property
     def key(self) -> str:
         """Names the e4e weights, stored with every W+ they make (W+ of two e4e never mix)."""
-        override = self.settings.weights.get(
-            f"{self.model_set.name}.{E4E_COMPONENT}", self.settings.weights.get(E4E_COMPONENT)
-        )
+        override = self.resolver.explicit(self.model_set.name, E4E_COMPONENT)
         if override is not None:
             return f"file:{Path(override).expanduser().resolve()}"
         component = self.model_set.component(E4E_COMPONENT)
@@ -111,7 +109,6 @@ class WPlusModels:
 
     def edited(self, w_plus: torch.Tensor, edits: Sequence[tuple[str, float]]) -> torch.Tensor:
         """``w_plus`` with ``edits`` applied (see :mod:`studio.directions`)."""
-        check_edits(edits)
         if any(amount for _, amount in edits):
             self.require("an edit")
         return self.directions.apply(w_plus, edits)

@@ -265,6 +265,10 @@ def test_cli_profile_wplus_preview_show_and_portrait_with_edits(tiny_env, faces_
     assert Image.open(preview).size == (256, 256)
     assert main(["profile", "wplus", "Ada", "--refine", "900"]) == 1
     assert "W+ refinement steps 900 is out of range" in capsys.readouterr().err
+    missing = tiny_env / "model_ir_se50.pth"
+    refine = ["profile", "wplus", "Ada", "--refine", "1", "--weights", f"ir_se50={missing}"]
+    assert main(refine) == 1
+    assert f"--weights ir_se50={missing}: no such file" in capsys.readouterr().err
     assert main(["profile", "show", "Ada", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["wplus"][0]["e4e"] == KEY and shown["wplus"][0]["photos"] == 2

@@ -24,6 +24,7 @@ import functools
 import json
 import sqlite3
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from studio.commands.wplus import register_profile_wplus
@@ -102,14 +103,16 @@ def _models_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _library(args: argparse.Namespace, settings: Settings) -> ProfileLibrary:
-    """The library; with ``--models``, one that computes W+ at intake when the e4e is here."""
+def _library(
+    args: argparse.Namespace, settings: Settings
+) -> AbstractContextManager[ProfileLibrary]:
+    """The library; with ``--models``, the studio's, which computes W+ at intake when the
+    set's e4e is here."""
     if not getattr(args, "models", None):
         return ProfileLibrary.from_settings(settings)
     from studio.orchestrator import Studio
 
-    studio = Studio(settings, args.models)
-    return ProfileLibrary.from_settings(settings, studio.wplus.encoder(intake=True))
+    return Studio(settings, args.models).library()
 
 
 def _storage_errors(handler: Handler) -> Handler:
