@@ -270,10 +270,14 @@ def load_e4e(
 
 
 def check_state_dict(
-    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], path: str | Path
+    expected: Mapping[str, torch.Tensor],
+    found: Mapping[str, torch.Tensor],
+    path: str | Path,
+    layout: str = "the published e4e layout",
+    fix: str = "Use the unmodified e4e_ffhq_encode.pt",
 ) -> None:
-    """Raise ``ValueError`` naming ``path`` and the first differences when ``found`` does not
-    have exactly ``expected``'s keys and shapes."""
+    """Raise ``ValueError`` naming ``path``, ``layout`` and the first differences when ``found``
+    does not have exactly ``expected``'s keys and shapes."""
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
     wrong = [
@@ -289,10 +293,7 @@ def check_state_dict(
     if wrong:
         problems.append(f"{len(wrong)} wrong shapes, e.g. {'; '.join(wrong[:3])}")
     if problems:
-        raise ValueError(
-            f"{path} does not match the published e4e layout: {'; '.join(problems)}. "
-            "Use the unmodified e4e_ffhq_encode.pt"
-        )
+        raise ValueError(f"{path} does not match {layout}: {'; '.join(problems)}. {fix}")
 
 
 def _section(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

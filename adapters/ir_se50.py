@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapters.checkpoint import CheckpointError, load_state_dict
-from adapters.e4e import IR_SE50_UNITS, IR_SE50_WIDTHS, ir_se50_stem_and_body
+from adapters.e4e import IR_SE50_UNITS, IR_SE50_WIDTHS, check_state_dict, ir_se50_stem_and_body
 
 #: The published file name (pSp/e4e's ``model_paths['ir_se50']``).
 IR_SE50_FILE = "model_ir_se50.pth"
@@ -104,20 +104,20 @@ def load_ir_se50(
             f"{path} is not an IR-SE50 face recognizer ({IR_SE50_FILE}, a plain state dict with "
             f"input_layer.*, body.*, output_layer.*); found keys {found}"
         )
+    layout = (
+        f"the published IR-SE50 layout ({IR_SE50_FILE} from TreB1eN/InsightFace_Pytorch, as "
+        "pSp/e4e use it)"
+    )
     try:
         config = IRSE50Config.from_state_dict(state)
-        with torch.device("meta"):
-            model = IRSE50Recognizer(config)
-        model.load_state_dict(state, strict=True, assign=True)
-    except (KeyError, RuntimeError) as error:
-        raise CheckpointError(
-            f"{path} does not match the published IR-SE50 layout ({IR_SE50_FILE} from "
-            f"TreB1eN/InsightFace_Pytorch, as pSp/e4e use it): {_first_lines(str(error))}"
-        ) from error
+    except KeyError as error:
+        raise CheckpointError(f"{path} does not match {layout}: no {error}") from error
+    with torch.device("meta"):
+        model = IRSE50Recognizer(config)
+    try:
+        fix = f"Use the unmodified {IR_SE50_FILE}"
+        check_state_dict(model.state_dict(), state, path, layout, fix)
+    except ValueError as error:
+        raise CheckpointError(str(error)) from error
+    model.load_state_dict(state, strict=True, assign=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-
-
-def _first_lines(message: str, limit: int = 400) -> str:
-    """``load_state_dict``'s error, on one line and cut to ``limit`` characters."""
-    text = " ".join(message.split())
-    return text if len(text) <= limit else text[:limit] + " ..."

@@ -120,9 +120,7 @@ class DirectionRegistry:
     # Internals
 
     def _usable(self, component, local_only: bool) -> bool:
-        if not local_only or component.source == "builtin":
-            return True
-        return self.resolver.find_local(self.model_set, component.name) is not None
+        return not local_only or self.resolver.available(self.model_set, component.name)
 
     def _ganspace_names(self, local_only: bool) -> list[str]:
         """The GANSpace config's edit names, when the config (and, if asked, the PCA) is here."""
@@ -136,9 +134,9 @@ class DirectionRegistry:
 
     def _local(self, component: str) -> Path | None:
         """The component's file when it is here or builds here (the tiny sets), else None."""
-        if self.model_set.components[component].source == "builtin":
+        if self.resolver.available(self.model_set, component):
             return self.resolver.resolve(self.model_set, component)
-        return self.resolver.find_local(self.model_set, component)
+        return None
 
     def _where(self, name: str) -> str:
         source = self.sources()[name]

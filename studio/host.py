@@ -76,9 +76,8 @@ def build_pipeline(model_set: ModelSet, settings: Settings, *, identity: bool = 
     pipe = family.pipeline_class().from_pretrained(base, **kwargs)
     if identity:
         pipe.load_identity_adapter(resolver.resolve(model_set, family.adapter_component))
-        wplus = model_set.components.get(WPLUS_ADAPTER)
-        if wplus and (wplus.source == "builtin" or resolver.find_local(model_set, wplus.name)):
-            pipe.load_wplus_adapter(resolver.resolve(model_set, wplus.name))
+        if resolver.available(model_set, WPLUS_ADAPTER):
+            pipe.load_wplus_adapter(resolver.resolve(model_set, WPLUS_ADAPTER))
     pipe.set_progress_bar_config(leave=False)
     place(pipe, settings.offload, settings.torch_device())
     if settings.compile:

@@ -53,11 +53,7 @@ class WPlusModels:
 
     def present(self, component: str) -> bool:
         """The component's files are on this machine, or build here (the tiny sets)."""
-        if component not in self.model_set.components:
-            return False
-        if self.model_set.components[component].source == "builtin":
-            return True
-        return self.resolver.find_local(self.model_set, component) is not None
+        return self.resolver.available(self.model_set, component)
 
     @property
     def ready(self) -> bool:

@@ -140,6 +140,15 @@ class ModelResolver:
             return self._result(comp, path) if path.exists() else None
         return self._in_models_dir(comp) or self._in_hub_cache(comp)
 
+    def available(self, model_set: ModelSet, name: str) -> bool:
+        """The set has the component and it is on this machine or builds here (the tiny sets):
+        :meth:`resolve` needs no download."""
+        if name not in model_set.components:
+            return False
+        if model_set.components[name].source == "builtin":
+            return True
+        return self.find_local(model_set, name) is not None
+
     def resolve(self, model_set: ModelSet, name: str, *, download: bool = True) -> Path:
         """The component's local path, building or downloading it if needed."""
         comp = model_set.component(name)
