@@ -87,9 +87,12 @@ class DirectionRegistry:
     def names(self, *, local_only: bool = False) -> tuple[str, ...]:
         return tuple(self.sources(local_only=local_only))
 
-    def edit(self, name: str) -> LatentDirection | GanSpaceEdit:
-        """The loaded direction ``name``; unknown names and unreadable files are user errors."""
-        sources = self.sources()
+    def edit(
+        self, name: str, sources: dict[str, DirectionSource] | None = None
+    ) -> LatentDirection | GanSpaceEdit:
+        """The loaded direction ``name`` (among ``sources``, by default :meth:`sources`);
+        unknown names and unreadable files are user errors."""
+        sources = self.sources() if sources is None else sources
         if name not in sources:
             known = ", ".join(sources) or "none"
             raise StudioError(
@@ -105,15 +108,17 @@ class DirectionRegistry:
     def apply(self, w_plus: torch.Tensor, edits: Sequence[tuple[str, float]]) -> torch.Tensor:
         """``w_plus`` ``[batch, rows, dim]`` with ``edits`` applied in order (amount 0: none)."""
         check_edits(edits)
+        sources = self.sources() if any(amount for _, amount in edits) else {}
         for name, amount in edits:
             if amount == 0:
                 continue
-            edit = self.edit(name)
+            edit = self.edit(name, sources)
             if isinstance(edit, GanSpaceEdit):
                 self._check_width(name, edit.comp.shape[-1], w_plus, GANSPACE_COMPONENTS[0])
                 w_plus = edit.apply(w_plus, amount * edit.strength)
             else:
-                self._check_width(name, edit.direction.shape[-1], w_plus, self._where(name))
+                where = sources[name].path or sources[name].component
+                self._check_width(name, edit.direction.shape[-1], w_plus, str(where))
                 w_plus = edit.apply(w_plus, amount)
         return w_plus
 
@@ -137,10 +142,6 @@ class DirectionRegistry:
         if self.resolver.available(self.model_set, component):
             return self.resolver.resolve(self.model_set, component)
         return None
-
-    def _where(self, name: str) -> str:
-        source = self.sources()[name]
-        return str(source.path) if source.path else source.component
 
     def _load(self, source: DirectionSource) -> LatentDirection | GanSpaceEdit:
         if source.kind == "ganspace":

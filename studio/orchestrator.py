@@ -282,8 +282,9 @@ class Studio:
         """Before anything loads: the request's edits name known directions of a set with W+."""
         if _asks_wplus(request):
             self.wplus.require("--edit / --wplus-scale (W+)")
+        sources = self.wplus.directions.sources() if request.edits else {}
         for name, _ in request.edits:
-            self.wplus.directions.edit(name)
+            self.wplus.directions.edit(name, sources)
 
     def _wplus_call(self, request: PortraitRequest, notes: list[str]) -> dict[str, Any]:
         """The pipeline's ``wplus`` / ``wplus_scale``: the profile's edited W+ when the request
