@@ -112,3 +112,15 @@ def studio(tiny_env, faces_dir):
             "Ada", [faces_dir / "person_a_1.jpg", faces_dir / "person_a_2.jpg"], consent=True
         )
     return studio
+
+
+@pytest.fixture(scope="session")
+def ffhq_portrait(faces_dir):
+    """A real portrait (RGB) and its FFHQ alignment points, as the W+ path finds them."""
+    import cv2
+
+    from studio.faces.align import ffhq_points_from_kps
+    from studio.faces.detect import YuNetDetector
+
+    image = cv2.cvtColor(cv2.imread(str(faces_dir / "person_b_1.jpg")), cv2.COLOR_BGR2RGB)
+    return image, ffhq_points_from_kps(YuNetDetector().detect(image)[0].kps)

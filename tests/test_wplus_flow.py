@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,8 +11,6 @@ from adapters.stylegan2 import StyleGAN2Config
 from adapters.synthetic_wplus import write_e4e_checkpoint
 from adapters.wplus import WProjection
 from studio.errors import StudioError
-from studio.faces.align import ffhq_points_from_kps
-from studio.faces.detect import YuNetDetector
 from studio.wplus import e4e_crop, photo_wplus, to_image, to_model_input
 
 # 18 W+ rows as at 1024 px, everything narrow.
@@ -27,14 +24,8 @@ def e4e(tmp_path_factory):
     return load_e4e(path)
 
 
-@pytest.fixture(scope="module")
-def portrait(faces_dir):
-    image = cv2.cvtColor(cv2.imread(str(faces_dir / "person_b_1.jpg")), cv2.COLOR_BGR2RGB)
-    return image, ffhq_points_from_kps(YuNetDetector().detect(image)[0].kps)
-
-
-def test_photo_to_wplus_to_tokens(e4e, portrait):
-    image, points = portrait
+def test_photo_to_wplus_to_tokens(e4e, ffhq_portrait):
+    image, points = ffhq_portrait
     crop = e4e_crop(image, points)
     assert crop.image.shape == (256, 256, 3)
     model_input = to_model_input(crop.image)
@@ -51,8 +42,8 @@ def test_photo_to_wplus_to_tokens(e4e, portrait):
     assert tokens.shape == (2, 4, 32)
 
 
-def test_tiny_face_is_a_user_error_and_previews_are_images(e4e, portrait):
-    image, points = portrait
+def test_tiny_face_is_a_user_error_and_previews_are_images(e4e, ffhq_portrait):
+    image, points = ffhq_portrait
     centre = points.mean(axis=0)
     with pytest.raises(StudioError, match="too small"):
         e4e_crop(image, (points - centre) * 0.1 + centre)

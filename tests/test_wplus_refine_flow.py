@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 
-import cv2
 import pytest
 import torch
 
@@ -14,9 +13,7 @@ from adapters.ir_se50 import IRSE50Config
 from adapters.stylegan2 import StyleGAN2Config
 from adapters.synthetic_ir_se50 import write_ir_se50_checkpoint
 from adapters.synthetic_wplus import write_e4e_checkpoint
-from studio.faces.align import ffhq_points_from_kps
 from studio.faces.analyzer import FaceAnalyzer
-from studio.faces.detect import YuNetDetector
 from studio.wplus import e4e_crop, photo_wplus, to_model_input
 from studio.wplus_refine import held_out_check, refine_photo_wplus
 
@@ -31,18 +28,14 @@ def e4e(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def portrait(faces_dir):
-    image = cv2.cvtColor(cv2.imread(str(faces_dir / "person_b_1.jpg")), cv2.COLOR_BGR2RGB)
-    return image, ffhq_points_from_kps(YuNetDetector().detect(image)[0].kps)
-
-
-@pytest.fixture(scope="module")
 def analyzer():
     return FaceAnalyzer(encoders=("sface",), mesher=None)
 
 
-def test_refines_the_photo_wplus_with_pixel_loss_when_no_identity_model(e4e, portrait, tmp_path):
-    image, points = portrait
+def test_refines_the_photo_wplus_with_pixel_loss_when_no_identity_model(
+    e4e, ffhq_portrait, tmp_path
+):
+    image, points = ffhq_portrait
     steps = []
     result = refine_photo_wplus(
         e4e,
@@ -61,8 +54,8 @@ def test_refines_the_photo_wplus_with_pixel_loss_when_no_identity_model(e4e, por
     assert "held-out identity check: not run" in report
 
 
-def test_identity_model_file_from_an_existing_wplus_and_stop(e4e, portrait, tmp_path):
-    image, points = portrait
+def test_identity_model_file_from_an_existing_wplus_and_stop(e4e, ffhq_portrait, tmp_path):
+    image, points = ffhq_portrait
     path = write_ir_se50_checkpoint(
         tmp_path / "model_ir_se50.pth", IRSE50Config(widths=(8, 8, 16, 16), embedding_dim=16)
     )
@@ -86,8 +79,8 @@ def test_identity_model_file_from_an_existing_wplus_and_stop(e4e, portrait, tmp_
         refine_photo_wplus(e4e, image, points, 1, w_plus=torch.zeros(1, 18, 512))
 
 
-def test_held_out_check_says_when_it_cannot_check(e4e, portrait, analyzer):
-    image, points = portrait
+def test_held_out_check_says_when_it_cannot_check(e4e, ffhq_portrait, analyzer):
+    image, points = ffhq_portrait
     result = refine_photo_wplus(e4e, image, points, 1, analyzer=analyzer)
     check = result.held_out
     assert check.encoder == "sface" and not check.checked  # random weights render no face
@@ -96,9 +89,9 @@ def test_held_out_check_says_when_it_cannot_check(e4e, portrait, analyzer):
     )
 
 
-def test_held_out_check_compares_photo_and_renderings(portrait, analyzer):
+def test_held_out_check_compares_photo_and_renderings(ffhq_portrait, analyzer):
     """A stand-in for FFHQ StyleGAN weights (not available here) that renders the photo's crop."""
-    image, points = portrait
+    image, points = ffhq_portrait
     crop = e4e_crop(image, points).image
 
     class RendersThePhoto:
